@@ -1,0 +1,23 @@
+"""peftlab: full fine-tuning vs parameter-efficient fine-tuning, built from scratch and measured.
+
+The pieces, each in its own module:
+
+- ``world``: the tiny world (invented people, target tasks, English text);
+- ``models``: ``load_base`` for the embedded base, hub names and offline GGUF weights;
+- ``data`` / ``train`` / ``evaluate``: batching, the one training loop, learning and forgetting;
+- ``methods``: the registry of fine-tuning methods (``apply_method``, ``get_method``, ``METHODS``);
+- ``compare``: every method side by side; ``plots``: figures; ``cli``: ``python -m peftlab``.
+"""
+from .evaluate import Evaluation, evaluate_model, learning_and_forgetting, source_metrics, task_metric
+from .methods import METHODS, apply_method, get_method, register
+from .models import load_base
+from .train import Hook, TrainConfig, TrainResult, attach_hook, train
+from .utils import count_parameters, format_bytes, get_device, is_quick, set_seed
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS", "Evaluation", "Hook", "TrainConfig", "TrainResult", "apply_method", "attach_hook",
+    "count_parameters", "evaluate_model", "format_bytes", "get_device", "get_method", "is_quick",
+    "learning_and_forgetting", "load_base", "register", "set_seed", "source_metrics", "task_metric", "train",
+]

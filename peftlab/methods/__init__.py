@@ -1,0 +1,70 @@
+"""The methods registry: every fine-tuning method behind one interface.
+
+A method is a config dataclass plus ``apply(model, config) -> model``, which freezes what must not
+train and injects what the method adds. Methods that act during training attach hooks to the model
+(``peftlab.train.attach_hook``); the training loop calls them. Registering is one decorator::
+
+    @register("full", FullFinetuneConfig, family="baseline", lr=1e-3,
+              description="every weight trains")
+    def apply_full(model, config): ...
+
+``python -m peftlab compare`` runs every registered method, so a new module that registers itself
+(and is imported below) appears in the comparison with no other change.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config_cls: type
+    apply_fn: Callable
+    family: str  # baseline / additive / selective / low-rank / multi-task / reference
+    description: str
+    lr: float  # learning rate the comparison uses for this method
+    trains: bool = True  # False for the untouched-base reference row
+
+    def config(self, **overrides):
+        """The method's default config with ``overrides``; unknown fields are an error that lists the known ones."""
+        known = {f.name for f in fields(self.config_cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise TypeError(f"{self.name} has no option {', '.join(sorted(unknown))}; "
+                            f"its options are: {', '.join(sorted(known)) or '(none)'}")
+        return replace(self.config_cls(), **overrides)
+
+    def apply(self, model, config=None, **overrides):
+        return self.apply_fn(model, config if config is not None else self.config(**overrides))
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, config_cls: type, *, family: str, description: str, lr: float, trains: bool = True):
+    """Decorator that adds ``apply_fn`` to the registry under ``name``."""
+
+    def decorator(apply_fn: Callable) -> Callable:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} is already registered")
+        METHODS[name] = Method(name, config_cls, apply_fn, family, description, lr, trains)
+        return apply_fn
+
+    return decorator
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def apply_method(model, name: str, config=None, **overrides):
+    """Freeze and inject ``name`` into ``model`` (in place) and return it."""
+    return get_method(name).apply(model, config, **overrides)
+
+
+# Importing a method module registers it; order here is the order of the comparison table.
+from . import full  # noqa: E402,F401

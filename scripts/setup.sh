@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up the course in .venv: torch 2.13.0 (CPU build) first, then everything else, then peftlab itself.
+# Safe to re-run: what is already installed is kept. Override the interpreter with PYTHON=python3.12.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+if [ ! -x .venv/bin/python ]; then
+  echo "creating .venv with $("$PYTHON" --version)"
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet torch==2.13.0
+.venv/bin/python -m pip install --quiet -r requirements.txt
+.venv/bin/python -m pip install --quiet --no-deps -e .
+.venv/bin/python -c "import peftlab, torch, transformers; print('peftlab', peftlab.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"

@@ -1,0 +1,53 @@
+"""The methods registry and full fine-tuning: uniform interface, clear errors, idempotent apply.
+CPU only, seconds."""
+import pytest
+
+from peftlab import METHODS, apply_method, count_parameters, get_method
+
+
+def test_unknown_method_lists_known():
+    with pytest.raises(KeyError) as err:
+        get_method("lora-but-misspelled")
+    for name in METHODS:
+        assert name in str(err.value)
+
+
+def test_unknown_option_lists_known():
+    with pytest.raises(TypeError, match="train_embeddings"):
+        get_method("full").config(rank=8)
+
+
+def test_every_method_has_a_complete_entry():
+    assert {"full", "base"} <= set(METHODS)
+    for method in METHODS.values():
+        assert method.description and method.family
+        assert method.lr > 0 or not method.trains
+        method.config()  # defaults construct
+
+
+def test_full_trains_everything_base_nothing(fresh_base):
+    model, _ = fresh_base
+    model.requires_grad_(False)
+    apply_method(model, "full")
+    counts = count_parameters(model)
+    assert counts.trainable == counts.total > 0
+    apply_method(model, "full")  # idempotent
+    assert count_parameters(model) == counts
+    apply_method(model, "base")
+    assert count_parameters(model).trainable == 0
+
+
+def test_full_without_embeddings(fresh_base):
+    model, _ = fresh_base
+    apply_method(model, "full", train_embeddings=False)
+    counts = count_parameters(model)
+    emb = model.get_input_embeddings().weight
+    assert not emb.requires_grad
+    assert counts.trainable == counts.total - emb.numel()
+
+
+def test_count_parameters_counts_tied_weights_once(tiny_base):
+    model, _ = tiny_base
+    assert model.get_input_embeddings().weight is model.get_output_embeddings().weight
+    assert count_parameters(model).total == sum(p.numel() for p in model.parameters())  # parameters() dedups
+    assert count_parameters(model).total == model.num_parameters()
