@@ -12,12 +12,12 @@ from .evaluate import Evaluation, evaluate_model, learning_and_forgetting, sourc
 from .methods import METHODS, apply_method, get_method, register
 from .models import load_base
 from .train import Hook, TrainConfig, TrainResult, attach_hook, train
-from .utils import count_parameters, format_bytes, get_device, is_quick, set_seed
+from .utils import count_parameters, format_bytes, get_device, is_quick, print_environment, set_seed
 
 __version__ = "0.1.0"
 
 __all__ = [
     "METHODS", "Evaluation", "Hook", "TrainConfig", "TrainResult", "apply_method", "attach_hook",
     "count_parameters", "evaluate_model", "format_bytes", "get_device", "get_method", "is_quick",
-    "learning_and_forgetting", "load_base", "register", "set_seed", "source_metrics", "task_metric", "train",
+    "learning_and_forgetting", "load_base", "print_environment", "register", "set_seed", "source_metrics", "task_metric", "train",
 ]

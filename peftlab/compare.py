@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from . import evaluate, world
@@ -46,7 +46,10 @@ def run_method(name: str, cfg: CompareConfig, examples, task, before: evaluate.E
     device = get_device(verbose=False)
     set_seed(cfg.seed)
     model, tokenizer = load_base(cfg.model, device=device)
-    model = method.apply(model)
+    # Methods that look at data before training (the Fisher mask) name their task in a ``task`` field:
+    # the comparison fills it in, so every method sees the same task.
+    overrides = {"task": cfg.task} if "task" in {f.name for f in fields(method.config_cls)} else {}
+    model = method.apply(model, **overrides)
     params = count_parameters(model)
     row = {"method": name, "family": method.family, "trainable": params.trainable, "total": params.total,
            "trainable_pct": params.percent, "lr": method.lr, "steps": cfg.steps if method.trains else 0}

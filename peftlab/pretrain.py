@@ -2,7 +2,7 @@
 
 ``python -m peftlab pretrain`` re-creates ``peftlab/base/`` from nothing but this package, in about
 ten CPU minutes. The corpus of every pass is fresh: new random biographies of the source people
-(other templates, other sentence orders), all their question/answer pairs, and a random half of
+(other templates, other sentence orders), all their question/answer pairs, and a random quarter of
 the English training paragraphs, packed into blocks of ``block_size`` tokens. Seeds are fixed, so
 the same command on the same software gives the same weights.
 
@@ -44,6 +44,7 @@ class PretrainConfig:
     lr: float = 3e-3  # peak AdamW learning rate (cosine decay, linear warm-up)
     warmup: int = 50  # warm-up steps
     weight_decay: float = 0.01  # AdamW weight decay
+    english_fraction: float = 0.25  # share of the English training paragraphs in each pass
     seed: int = 0  # seeds tokenizer corpus, initialisation and data order
 
 
@@ -81,14 +82,14 @@ def model_config(cfg: PretrainConfig, tokenizer) -> LlamaConfig:
     )
 
 
-def pretraining_blocks(tokenizer, epoch: int, block_size: int, seed: int) -> torch.Tensor:
+def pretraining_blocks(tokenizer, epoch: int, block_size: int, seed: int, english_fraction: float = 0.25) -> torch.Tensor:
     """One pass of the corpus, freshly augmented for ``epoch``, packed into blocks."""
     rng = random.Random(seed * 100_003 + epoch)
     people = world.source_people()
     docs = [world.Example("", world.biography(p, rng)) for p in people]
     docs += world.qa_examples(people)
     english = world.english_paragraphs("train")
-    docs += [world.Example("", t) for t in rng.sample(english, len(english) // 2)]
+    docs += [world.Example("", t) for t in rng.sample(english, int(len(english) * english_fraction))]
     rng.shuffle(docs)
     return pack([encode_example(tokenizer, d, max_length=10_000)[0] for d in docs], block_size)
 
@@ -119,7 +120,7 @@ def pretrain(cfg: PretrainConfig = PretrainConfig(), out_dir: Path = BASE_DIR, p
     bar = tqdm(range(cfg.steps), desc="pretrain", disable=not progress)
     for step in bar:
         if blocks is None or cursor + cfg.batch_size > len(blocks):
-            blocks = pretraining_blocks(tokenizer, epoch, cfg.block_size, cfg.seed)
+            blocks = pretraining_blocks(tokenizer, epoch, cfg.block_size, cfg.seed, cfg.english_fraction)
             blocks = blocks[torch.randperm(len(blocks), generator=gen)]
             epoch, cursor = epoch + 1, 0
         batch = blocks[cursor:cursor + cfg.batch_size]

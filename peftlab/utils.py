@@ -92,3 +92,21 @@ def format_bytes(n: float) -> str:
 def is_quick() -> bool:
     """True when ``PEFTLAB_QUICK=1``: notebooks and the CLI shrink their runs (used by the tests)."""
     return os.environ.get("PEFTLAB_QUICK", "0") not in ("", "0", "false", "False")
+
+
+def print_environment() -> torch.device:
+    """Print device, library versions and the run size (quick or full); return the device.
+
+    Every notebook calls this in its first code cell.
+    """
+    import transformers
+
+    from . import __version__
+
+    device = get_device(verbose=False)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    dtype = get_autocast_dtype(device)
+    print(f"device: {device} ({name}); mixed precision: {dtype or 'off (fp32)'}")
+    print(f"peftlab {__version__} | torch {torch.__version__} | transformers {transformers.__version__}")
+    print("run size: " + ("QUICK (PEFTLAB_QUICK=1, shortened for tests)" if is_quick() else "full"))
+    return device

@@ -268,33 +268,69 @@ def english_paragraphs(split: str = "all") -> list[str]:
     raise ValueError(f"split must be 'train', 'heldout' or 'all', not {split!r}")
 
 
-def extract_english_text(path: Path = DATA_DIR / "english.txt") -> int:
-    """Re-create ``data/english.txt`` from the Python Language Reference shipped with CPython.
+def _prose(text: str, min_len: int, min_letters: float) -> list[str]:
+    """Paragraphs of ``text`` that read as prose: not indented (code), long enough, start upper-case,
+    end with a period, mostly letters and spaces; ASCII-folded."""
+    folds = {"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\u2014": "-", "\u2013": "-",
+             "\u2026": "..."}
+    out = []
+    for para in re.split(r"\n\s*\n", text):
+        if para.startswith(" ") or ">>>" in para:
+            continue
+        para = " ".join(para.split())
+        for a, b in folds.items():
+            para = para.replace(a, b)
+        para = unicodedata.normalize("NFKD", para).encode("ascii", "ignore").decode()
+        if len(para) < min_len or not para[0].isupper() or not para.endswith("."):
+            continue
+        if sum(c.isalpha() or c == " " for c in para) / len(para) > min_letters:
+            out.append(para)
+    return out
 
-    Keeps prose paragraphs (mostly letters, starts upper-case, ends with a period), ASCII-folded and
-    de-duplicated. Returns the number of paragraphs. The committed file is the source of truth; the
-    reference's wording changes slightly between Python versions.
+
+def extract_english_text(path: Path = DATA_DIR / "english.txt") -> int:
+    """Re-create ``data/english.txt`` from the documentation that ships with CPython itself.
+
+    Two sources, both real English written by people: the Python Language Reference
+    (``pydoc_data.topics``) and the docstrings of the standard library's public modules, classes and
+    functions. Keeps prose paragraphs only, de-duplicated. Returns the number of paragraphs. The
+    committed file is the source of truth (the wording changes slightly between Python versions).
     """
+    import importlib
+    import inspect
     import sys
+    import warnings
 
     import pydoc_data.topics as topics
 
-    folds = {"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\u2014": "-", "\u2013": "-",
-             "\u2026": "..."}
-    paras: list[str] = []
-    for key in sorted(topics.topics):
-        for para in re.split(r"\n\s*\n", topics.topics[key]):
-            para = " ".join(para.split())
-            for a, b in folds.items():
-                para = para.replace(a, b)
-            para = unicodedata.normalize("NFKD", para).encode("ascii", "ignore").decode()
-            if len(para) < 200 or not para[0].isupper() or not para.endswith("."):
+    texts = [topics.topics[key] for key in sorted(topics.topics)]
+    skip = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "test", "lib2to3", "ensurepip",
+            "venv", "pydoc_data"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in sorted(sys.stdlib_module_names):
+            if name.startswith("_") or name in skip:
                 continue
-            if sum(c.isalpha() or c == " " for c in para) / len(para) > 0.92 and para not in paras:
+            try:
+                module = importlib.import_module(name)
+            except Exception:  # platform-specific modules
+                continue
+            objects = [module] + [obj for _, obj in inspect.getmembers(module)
+                                  if (inspect.isclass(obj) or inspect.isfunction(obj))
+                                  and getattr(obj, "__module__", None) == name]
+            for obj in objects:
+                members = [m for _, m in inspect.getmembers(obj, inspect.isfunction)] if inspect.isclass(obj) else []
+                texts += [inspect.getdoc(o) or "" for o in [obj, *members]]
+    paras: list[str] = []
+    seen: set[str] = set()
+    for text in texts:
+        for para in _prose(text, min_len=120, min_letters=0.9):
+            if para not in seen:
+                seen.add(para)
                 paras.append(para)
-    header = ("# Real English prose for the held-out perplexity probe: paragraphs of the Python Language "
-              f"Reference\n# as shipped with CPython {sys.version.split()[0]} (module pydoc_data.topics), "
-              "Copyright Python Software Foundation,\n# PSF License. Regenerate with: "
+    header = ("# Real English prose for pretraining and the held-out perplexity probe: paragraphs of the Python\n"
+              f"# Language Reference and of the standard library's docstrings, as shipped with CPython "
+              f"{sys.version.split()[0]}.\n# Copyright Python Software Foundation, PSF License. Regenerate with: "
               "python -m peftlab english-text. One paragraph per line.\n")
     path.write_text(header + "\n".join(paras) + "\n")
     return len(paras)

@@ -66,5 +66,19 @@ def apply_method(model, name: str, config=None, **overrides):
     return get_method(name).apply(model, config, **overrides)
 
 
-# Importing a method module registers it; order here is the order of the comparison table.
-from . import full  # noqa: E402,F401
+# Importing a method module registers it. Modules listed here load in this order (the order of the
+# comparison table); any other module in this folder loads after them, so a new method needs no edit here.
+ORDER = ["full", "lora", "adapters", "prefix", "bitfit", "sparse", "qlora", "adalora", "fusion"]
+
+
+def _load_method_modules() -> None:
+    import importlib
+    import pkgutil
+
+    found = {m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
+    helpers = {"targets"}  # shared code, not methods
+    for name in [n for n in ORDER if n in found] + sorted(found - set(ORDER) - helpers):
+        importlib.import_module(f"{__name__}.{name}")
+
+
+_load_method_modules()

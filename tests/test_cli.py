@@ -1,0 +1,43 @@
+"""The command line: ``compare`` writes its table, JSON and plot; bad input gets a clear error.
+CPU only, about half a minute."""
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from peftlab.cli import main
+
+
+def test_compare_writes_table_json_and_plot(tmp_path, capsys):
+    assert main(["compare", "--steps", "4", "--task", "sentiment", "--out", str(tmp_path), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "full" in printed and "base" in printed
+    rows = list(csv.DictReader(open(tmp_path / "compare.csv")))
+    assert [r["method"] for r in rows][:2] == ["base", "full"]
+    data = json.loads((tmp_path / "compare.json").read_text())
+    assert data["meta"]["command"].startswith("python -m peftlab compare --task sentiment --steps 4")
+    base, full = data["rows"][0], data["rows"][1]
+    assert base["trainable"] == 0 and base["learning"] == 0 and base["forgetting_source_recall"] == 0
+    assert full["trainable_pct"] == pytest.approx(100.0)
+    assert full["grad_bytes"] == 4 * full["trainable"]  # fp32 gradients for every weight
+    assert full["optimizer_bytes"] >= 8 * full["trainable"]  # AdamW: two fp32 moments
+    assert (tmp_path / "learning_vs_forgetting.png").stat().st_size > 10_000
+
+
+def test_unknown_method_is_a_clear_error(tmp_path, capsys):
+    assert main(["compare", "--methods", "full,lorax", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'lorax'" in err and "full" in err
+    assert not (tmp_path / "compare.csv").exists(), "nothing should run before the names are checked"
+
+
+def test_methods_lists_registry(capsys):
+    assert main(["methods"]) == 0
+    assert "full" in capsys.readouterr().out
+
+
+def test_module_entry_point_help():
+    out = subprocess.run([sys.executable, "-m", "peftlab", "--help"], capture_output=True, text=True, check=True)
+    assert "compare" in out.stdout and "pretrain" in out.stdout
