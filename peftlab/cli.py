@@ -3,6 +3,7 @@
   compare      every registered method on the tiny world: learning, forgetting and cost
   pretrain     re-create the tiny base model (tokenizer + weights) in peftlab/base/
   report       what the base knows: source recall per attribute, English perplexity, task metrics
+  memory       bytes of one training step by bucket, and whether it fits on common GPUs
   methods      list the registered methods
   english-text re-create peftlab/data/english.txt from CPython's bundled language reference
 """
@@ -55,6 +56,30 @@ def _cmd_methods(args) -> int:
     return 0
 
 
+def _cmd_memory(args) -> int:
+    from . import memory
+
+    kwargs = dict(precision=args.precision, optimizer=args.optimizer, batch=args.batch, seq=args.seq, rank=args.rank,
+                  checkpointing=args.checkpointing, zero_stage=args.zero, n_devices=args.devices, attention=args.attention)
+    gpus = list(memory.GPUS) if args.gpu == "all" else [args.gpu.lower()]
+    for gpu in gpus:
+        if gpu not in memory.GPUS:
+            raise KeyError(f"unknown GPU {gpu!r}; known: {', '.join(memory.GPUS)}, all")
+    if args.model == "all":
+        rows = memory.will_it_fit(methods=[m.strip() for m in args.method.split(",")], gpus=gpus, **kwargs)
+        print(memory.format_fit_table(rows))
+    else:
+        for method in [m.strip() for m in args.method.split(",")]:
+            est = memory.estimate(args.model, method, label=f"{args.model} {method}", **kwargs)
+            print(est.table())
+            print("  ".join(f"{memory.GPUS[g].name}: {memory.fit_verdict(est.total, g)}" for g in gpus) + "\n")
+    print(f"assumptions: {args.precision} precision, {args.optimizer}, batch {args.batch} x {args.seq} tokens, "
+          f"{args.attention} attention, checkpointing {'on' if args.checkpointing else 'off'}, ZeRO stage {args.zero} "
+          f"over {args.devices} device(s); LoRA rank {args.rank} on the attention projections; "
+          f"'fits' = under {memory.FIT_MARGIN:.0%} of the card, 'tight' = under 100%")
+    return 0
+
+
 def _cmd_english(args) -> int:
     print(f"wrote {world.extract_english_text()} paragraphs")
     return 0
@@ -85,6 +110,22 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report", help="what the base model knows")
     p.add_argument("--model", default="tiny")
     p.set_defaults(fn=_cmd_report)
+
+    p = sub.add_parser("memory", help="estimate the bytes of one training step; will it fit on a GPU?")
+    p.add_argument("--model", default="llama-2-7b", help="preset (tiny, smollm2-135m, llama-2-7b, llama-3-8b, "
+                   "llama-2-13b, llama-2-70b, gpt3-175b) or 'all' for the will-it-fit table")
+    p.add_argument("--method", default="full,lora,qlora", help="comma-separated: full, lora, qlora, bitfit, prompt")
+    p.add_argument("--gpu", default="all", help="t4, rtx3090, a100-40gb, a100-80gb, h100 or all")
+    p.add_argument("--precision", default="mixed", help="fp32, fp16, bf16 or mixed (16-bit + fp32 master and states)")
+    p.add_argument("--optimizer", default="adamw", help="sgd, sgd-momentum, adam, adamw, adamw8bit")
+    p.add_argument("--batch", type=int, default=1, help="sequences per device")
+    p.add_argument("--seq", type=int, default=512, help="tokens per sequence")
+    p.add_argument("--rank", type=int, default=16, help="LoRA rank")
+    p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on every layer")
+    p.add_argument("--zero", type=int, default=0, choices=[0, 1, 2, 3], help="ZeRO stage")
+    p.add_argument("--devices", type=int, default=1, help="data-parallel devices ZeRO shards over")
+    p.add_argument("--attention", default="sdpa", choices=["sdpa", "eager"])
+    p.set_defaults(fn=_cmd_memory)
 
     sub.add_parser("methods", help="list registered methods").set_defaults(fn=_cmd_methods)
     sub.add_parser("english-text", help="re-create peftlab/data/english.txt").set_defaults(fn=_cmd_english)

@@ -2,7 +2,8 @@
 
 ``python -m peftlab compare`` fine-tunes a fresh copy of the base with each method on one target task,
 evaluates the target metric and the source metrics before and after, measures cost (trainable
-parameters, seconds per step, tokens per second, bytes of weights + gradients + optimizer state),
+parameters, seconds per step, tokens per second, bytes of weights + gradients + optimizer state, and
+the memory probe's measured breakdown including activations saved for backward: ``mem_*`` columns),
 prints a table, saves it as CSV and JSON, and plots learning against forgetting.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from . import evaluate, world
 from .methods import METHODS, get_method
 from .models import load_base
+from .memory import measure_training_memory
 from .train import TrainConfig, train, trainable_parameters
 from .utils import count_parameters, format_bytes, get_device, set_seed
 
@@ -51,6 +53,9 @@ def run_method(name: str, cfg: CompareConfig, examples, task, before: evaluate.E
     overrides = {"task": cfg.task} if "task" in {f.name for f in fields(method.config_cls)} else {}
     model = method.apply(model, **overrides)
     params = count_parameters(model)
+    # The memory probe: one real step on the loop's first batch, weights restored afterwards.
+    memory = measure_training_memory(model, tokenizer, examples, batch_size=cfg.batch_size, seed=cfg.seed,
+                                     mixed_precision=True)
     row = {"method": name, "family": method.family, "trainable": params.trainable, "total": params.total,
            "trainable_pct": params.percent, "lr": method.lr, "steps": cfg.steps if method.trains else 0}
     if method.trains:
@@ -64,6 +69,7 @@ def run_method(name: str, cfg: CompareConfig, examples, task, before: evaluate.E
     else:
         after = before
         row.update(seconds_per_step=0.0, tokens_per_second=0.0, grad_bytes=0, optimizer_bytes=0, final_loss=None)
+    row.update({f"mem_{k}": v for k, v in memory.as_columns().items()})
     row["weight_bytes"] = weight_bytes(model)
     row["train_bytes"] = row["weight_bytes"] + row["grad_bytes"] + row["optimizer_bytes"]
     row["target_before"], row["target_after"] = before.target, after.target
@@ -76,7 +82,7 @@ def run_method(name: str, cfg: CompareConfig, examples, task, before: evaluate.E
 
 def format_table(rows: list[dict], task: world.Task) -> str:
     header = (f"{'method':<14}{'trainable':>12}{'%':>9}  {task.metric + ' (target)':>22}  {'source recall':>15}"
-              f"  {'English ppl':>15}{'s/step':>8}{'tok/s':>8}  {'weights+grads+optim':>20}")
+              f"  {'English ppl':>15}{'s/step':>8}{'tok/s':>8}  {'weights+grads+optim':>20}{'activations':>12}")
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
@@ -84,7 +90,8 @@ def format_table(rows: list[dict], task: world.Task) -> str:
             f"  {r['target_before']:>10.3f} -> {r['target_after']:<7.3f}"
             f"  {r['source_recall_before']:>6.3f} -> {r['source_recall_after']:<5.3f}"
             f"  {r['english_ppl_before']:>6.1f} -> {r['english_ppl_after']:<5.1f}"
-            f"{r['seconds_per_step']:>8.3f}{r['tokens_per_second']:>8.0f}  {format_bytes(r['train_bytes']):>20}")
+            f"{r['seconds_per_step']:>8.3f}{r['tokens_per_second']:>8.0f}  {format_bytes(r['train_bytes']):>20}"
+            f"{format_bytes(r['mem_activation_bytes']):>12}")
     return "\n".join(lines)
 
 

@@ -132,7 +132,7 @@ def pretrain(cfg: PretrainConfig = PretrainConfig(), out_dir: Path = BASE_DIR, p
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}", epoch=epoch)
     torch.use_deterministic_algorithms(False)

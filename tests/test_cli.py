@@ -23,6 +23,9 @@ def test_compare_writes_table_json_and_plot(tmp_path, capsys):
     assert full["trainable_pct"] == pytest.approx(100.0)
     assert full["grad_bytes"] == 4 * full["trainable"]  # fp32 gradients for every weight
     assert full["optimizer_bytes"] >= 8 * full["trainable"]  # AdamW: two fp32 moments
+    # the memory probe's columns: the same gradient bytes as the loop held, activations measured
+    assert full["mem_grad_bytes"] == full["grad_bytes"] and full["mem_activation_bytes"] > 0
+    assert base["mem_grad_bytes"] == 0 and base["mem_weight_bytes"] == full["mem_weight_bytes"]
     assert (tmp_path / "learning_vs_forgetting.png").stat().st_size > 10_000
 
 
