@@ -19,7 +19,8 @@ from .methods import METHODS, get_method
 from .models import load_base
 from .memory import measure_training_memory
 from .train import TrainConfig, train, trainable_parameters
-from .utils import count_parameters, format_bytes, get_device, set_seed
+from .methods.sparse import get_mask_hook, mask_size
+from .utils import ParamCount, count_parameters, format_bytes, get_device, set_seed
 
 
 @dataclass
@@ -50,9 +51,13 @@ def run_method(name: str, cfg: CompareConfig, examples, task, before: evaluate.E
     model, tokenizer = load_base(cfg.model, device=device)
     # Methods that look at data before training (the Fisher mask) name their task in a ``task`` field:
     # the comparison fills it in, so every method sees the same task.
-    overrides = {"task": cfg.task} if "task" in {f.name for f in fields(method.config_cls)} else {}
+    option_names = {f.name for f in fields(method.config_cls)}
+    overrides = {k: v for k, v in (("task", cfg.task), ("seed", cfg.seed)) if k in option_names}
     model = method.apply(model, **overrides)
     params = count_parameters(model)
+    mask_hook = get_mask_hook(model)
+    if mask_hook is not None:  # a sparse mask trains only its entries, though whole tensors hold gradients
+        params = ParamCount(mask_size(mask_hook.masks), params.total)
     # The memory probe: one real step on the loop's first batch, weights restored afterwards.
     memory = measure_training_memory(model, tokenizer, examples, batch_size=cfg.batch_size, seed=cfg.seed,
                                      mixed_precision=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as transformers_logging
 
 BASE_DIR = Path(__file__).parent / "base"
 
@@ -43,6 +44,7 @@ def load_base(name: str = "tiny", device: torch.device | str | None = None, dtyp
         path, kwargs = str(folder), {"gguf_file": gguf_file}
     else:
         path = name
+    transformers_logging.disable_progress_bar()  # a bar per tiny load is noise in notebooks and tables
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
     if tokenizer.pad_token is None:
