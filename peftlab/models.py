@@ -31,6 +31,16 @@ def _smollm2_gguf() -> tuple[Path, str]:
     return files[0].parent, files[0].name
 
 
+def load_tokenizer(path: str, **kwargs):
+    """The tokenizer saved at ``path``, with pad and bos tokens set (falling back to eos)."""
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.bos_token is None:
+        tokenizer.bos_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_base(name: str = "tiny", device: torch.device | str | None = None, dtype: torch.dtype | None = None):
     """Return ``(model, tokenizer)`` for ``name``; the tokenizer always has a pad token."""
     kwargs = {}
@@ -45,12 +55,8 @@ def load_base(name: str = "tiny", device: torch.device | str | None = None, dtyp
     else:
         path = name
     transformers_logging.disable_progress_bar()  # a bar per tiny load is noise in notebooks and tables
-    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    tokenizer = load_tokenizer(path, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.bos_token is None:
-        tokenizer.bos_token = tokenizer.eos_token
     if device is not None:
         model.to(device)
     return model, tokenizer

@@ -49,5 +49,13 @@ def test_full_without_embeddings(fresh_base):
 def test_count_parameters_counts_tied_weights_once(tiny_base):
     model, _ = tiny_base
     assert model.get_input_embeddings().weight is model.get_output_embeddings().weight
-    assert count_parameters(model).total == sum(p.numel() for p in model.parameters())  # parameters() dedups
     assert count_parameters(model).total == model.num_parameters()
+    # a hand-made case: one Linear registered twice holds 3*2+2 = 8 parameters, not 16 (as a
+    # state_dict or named_parameters(remove_duplicate=False) count would say)
+    import torch
+
+    shared = torch.nn.Linear(3, 2)
+    twice = torch.nn.ModuleDict({"a": shared, "b": shared})
+    assert count_parameters(twice).total == 8
+    shared.bias.requires_grad_(False)
+    assert count_parameters(twice).trainable == 6

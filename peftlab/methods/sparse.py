@@ -357,18 +357,13 @@ def mask_costs(model: nn.Module, masks: dict[str, torch.Tensor] | None = None) -
 
 def tokenizer_for(model: nn.Module):
     """The tokenizer saved with ``model`` (found from ``model.name_or_path``), with a pad token."""
-    from transformers import AutoTokenizer
+    from ..models import load_tokenizer
 
     path = getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None), "_name_or_path", "")
     if not path:
         raise ValueError("cannot find this model's tokenizer (it was not loaded from a folder): "
                          "pass tokenizer= in the method's config")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.bos_token is None:
-        tokenizer.bos_token = tokenizer.eos_token
-    return tokenizer
+    return load_tokenizer(path)
 
 
 @dataclass
