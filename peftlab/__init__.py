@@ -12,7 +12,9 @@ from .evaluate import Evaluation, evaluate_model, learning_and_forgetting, sourc
 from .methods import METHODS, apply_method, get_method, register
 from .models import load_base
 from .train import Hook, TrainConfig, TrainResult, attach_hook, train
-from .utils import count_parameters, format_bytes, get_device, is_quick, print_environment, set_seed
+from .utils import count_parameters, format_bytes, get_device, is_quick, print_environment, set_seed, warm_up_cpu_math
+
+warm_up_cpu_math()
 
 __version__ = "0.1.0"
 

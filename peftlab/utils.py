@@ -14,6 +14,22 @@ import torch
 _DEVICE_PRINTED = False
 
 
+def warm_up_cpu_math() -> None:
+    """Run one vectorised-math op (``exp``) on every CPU thread of torch's pool, once.
+
+    Measured with torch 2.13 on a 2-core x86 CPU: the very first vectorised-math call (``cos``,
+    ``sin``, ``exp``...) that a worker thread runs can come out with errors near 1.5e-4 instead of
+    1e-7 (the worker's half of the tensor only, in about one process in four). The rotary
+    embedding's ``cos`` is such a call, so the first forward pass of a process could differ from
+    every later one, by 1e-2 in the logits, and an exact comparison between two models failed at
+    random. After any one such call per thread the results are correct and repeatable, so
+    ``import peftlab`` makes that call. Costs well under a millisecond.
+    """
+    threads = torch.get_num_threads()
+    if threads > 1:  # vectorised math splits work in chunks of 2048 elements across the pool
+        torch.ones(4096 * threads).exp_()
+
+
 def get_device(verbose: bool = True) -> torch.device:
     """Pick the best available device: cuda > mps > cpu (``PEFTLAB_DEVICE`` overrides), print it once."""
     global _DEVICE_PRINTED
