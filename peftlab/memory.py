@@ -698,7 +698,30 @@ def weight_bytes(model) -> int:
             for t in (getattr(state, "absmax", None), getattr(getattr(state, "state2", None), "absmax", None)):
                 if torch.is_tensor(t):
                     total += _tensor_bytes(t)
+    for module in model.modules():  # peftlab's 4-bit layers keep the packed weight in buffers, not parameters
+        stored = getattr(module, "stored_bytes", None)
+        if callable(stored):
+            total += stored()
     return total
+
+
+def adamw_8bit(model_or_params, lr: float = 1e-3, weight_decay: float = 0.0, **kwargs) -> torch.optim.Optimizer:
+    """bitsandbytes' 8-bit AdamW over the trainable parameters (Dettmers et al. 2022, "8-bit Optimizers
+    via Block-wise Quantization"): both Adam states stored as 1 byte each with one fp32 absmax per block
+    of 256 values (``ADAM8BIT_STATE_BYTES``), dequantized for each update and quantized again.
+
+    Pass it to ``measure_training_memory(..., optimizer=adamw_8bit(model))`` to see its state bytes next
+    to fp32 AdamW's. bitsandbytes keeps 32-bit states for tensors under ``min_8bit_size`` (4096)
+    values; that is its default and kept here. The paged variant (``bnb.optim.PagedAdamW8bit``, states in
+    CUDA unified memory that can spill to the CPU) needs a GPU.
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("8-bit AdamW needs bitsandbytes (pip install bitsandbytes)") from err
+    params = model_or_params.parameters() if isinstance(model_or_params, torch.nn.Module) else model_or_params
+    trainable = [p for p in params if p.requires_grad]
+    return bnb.optim.AdamW8bit(trainable, lr=lr, weight_decay=weight_decay, **kwargs)
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -920,7 +943,7 @@ def save_json(breakdowns: Sequence[MemoryBreakdown], path: str | Path) -> None:
 __all__ = [
     "ADAM8BIT_STATE_BYTES", "BUCKETS", "GB", "GPU", "GPUS", "GiB", "MemoryBreakdown", "ModelShape", "NF4_BITS_PER_PARAM",
     "NF4_BYTES_PER_PARAM", "OPTIMIZERS", "PRECISIONS", "PRESETS", "PUBLISHED_PARAMETERS", "activation_bytes",
-    "activation_terms", "bytes_per_param", "estimate", "estimate_memory", "fit_verdict", "measure_training_memory",
+    "activation_terms", "adamw_8bit", "bytes_per_param", "estimate", "estimate_memory", "fit_verdict", "measure_training_memory",
     "method_counts", "optimizer_state_bytes", "parameter_count", "parameter_count_meta", "plot_will_it_fit",
     "preset_config", "probe_training_step", "side_by_side", "will_it_fit", "weight_bytes",
 ]

@@ -83,7 +83,11 @@ class ParamCount:
 
 
 def count_parameters(model: torch.nn.Module) -> ParamCount:
-    """Trainable and total parameters, each shared tensor counted once (tied embeddings)."""
+    """Trainable and total parameters, each shared tensor counted once (tied embeddings).
+
+    A quantized weight is stored in buffers, not parameters; a module that holds one says how many
+    weights it stands for in ``quantized_numel`` (QLoRA's ``Linear4bit``), and they count as frozen.
+    """
     seen: set[int] = set()
     trainable = total = 0
     for p in model.parameters():
@@ -93,6 +97,7 @@ def count_parameters(model: torch.nn.Module) -> ParamCount:
         total += p.numel()
         if p.requires_grad:
             trainable += p.numel()
+    total += sum(int(getattr(m, "quantized_numel", 0)) for m in model.modules())
     return ParamCount(trainable, total)
 
 
