@@ -39,9 +39,11 @@ def run_method(name: str, cfg: CompareConfig, examples, task, before: evaluate.E
     set_seed(cfg.seed)
     model, tokenizer = load_base(cfg.model, device=device)
     # Methods that look at data before training (the Fisher mask) name their task in a ``task`` field:
-    # the comparison fills it in, so every method sees the same task.
+    # the comparison fills it in, so every method sees the same task. Methods whose schedule depends on
+    # the length of training (AdaLoRA's rank budget) get it in a ``total_step`` field.
     option_names = {f.name for f in fields(method.config_cls)}
-    overrides = {k: v for k, v in (("task", cfg.task), ("seed", cfg.seed)) if k in option_names}
+    overrides = {k: v for k, v in (("task", cfg.task), ("seed", cfg.seed), ("total_step", cfg.steps))
+                 if k in option_names}
     model = method.apply(model, **overrides)
     params = count_parameters(model)
     mask_hook = get_mask_hook(model)
