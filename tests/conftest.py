@@ -1,12 +1,31 @@
-"""Shared fixtures: the committed tiny base, and tiny models of other architectures built from configs."""
+"""Shared set-up: quick runs, a private cache, one torch thread per xdist worker; the tiny base as fixtures.
+
+The suite runs in two pytest-xdist workers (``-n 2`` in pyproject.toml): each nbgrader assignment's
+tests stay on one worker (``xdist_group``), since they share one graded course (a module fixture).
+"""
 import os
+import tempfile
 
 import pytest
-import torch
 
 os.environ.setdefault("PEFTLAB_QUICK", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Task adapters that tests train (AdapterFusion) go to a cache of this process, not the course's results/.
+os.environ.setdefault("PEFTLAB_CACHE", tempfile.mkdtemp(prefix="peftlab-test-cache-"))
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:  # workers share the cores: one thread each, and so for the notebook kernels they start
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402  (after OMP_NUM_THREADS)
+
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "graded" in params:
+            item.add_marker(pytest.mark.xdist_group(f"nbgrader-{params['graded']}"))
 
 
 @pytest.fixture(scope="session")

@@ -232,8 +232,10 @@ def train_task_adapters(model_name_or_base, tasks, steps: int = 100, *, lr: floa
         del model
         if use_cache:
             folder.mkdir(parents=True, exist_ok=True)
-            save_file(state, str(folder / "adapter.safetensors"))
             (folder / "settings.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
+            partial = folder / f"adapter.safetensors.{os.getpid()}.partial"  # written whole, then renamed:
+            save_file(state, str(partial))  # another process never reads a half-written file
+            os.replace(partial, folder / "adapter.safetensors")
     return states
 
 
