@@ -1,7 +1,8 @@
 """Shared set-up: quick runs, a private cache, one torch thread per xdist worker; the tiny base as fixtures.
 
-The suite runs in two pytest-xdist workers (``-n 2`` in pyproject.toml): each nbgrader assignment's
-tests stay on one worker (``xdist_group``), since they share one graded course (a module fixture).
+The suite runs in two pytest-xdist workers (``-n 2 --dist loadfile`` in pyproject.toml): each test
+file runs on one worker, so the nbgrader pipeline grades each assignment once and the lectures run
+one at a time, beside the other files' tests.
 """
 import os
 import tempfile
@@ -19,24 +20,3 @@ if WORKERS > 1:  # workers share the cores: one thread each, and so for the note
 import torch  # noqa: E402  (after OMP_NUM_THREADS)
 
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        if "graded" in params:
-            item.add_marker(pytest.mark.xdist_group(f"nbgrader-{params['graded']}"))
-
-
-@pytest.fixture(scope="session")
-def tiny_base():
-    from peftlab import load_base
-
-    return load_base("tiny")
-
-
-@pytest.fixture
-def fresh_base():
-    from peftlab import load_base
-
-    return load_base("tiny")

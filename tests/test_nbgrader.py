@@ -170,12 +170,25 @@ class GradedCourse:
     autograde_seconds: float
 
 
+_GRADED: dict[str, GradedCourse] = {}  # per process: a module fixture can be set up again under xdist
+
+
 @pytest.fixture(scope="module", params=ASSIGNMENTS)
 def graded(request, tmp_path_factory) -> GradedCourse:
-    """Generate and autograde one assignment in a temporary course; every check below reads this."""
+    """Generate and autograde one assignment in a temporary course, once; every check below reads this.
+
+    pytest-xdist may tear a module fixture down between two tests of the same assignment (a worker
+    does not always know its next test), so the graded course is kept for the whole session (the
+    suite's ``--dist loadfile`` keeps this file on one worker).
+    """
+    if request.param not in _GRADED:
+        _GRADED[request.param] = grade_course(request.param, tmp_path_factory)
+    return _GRADED[request.param]
+
+
+def grade_course(assignment: str, tmp_path_factory) -> GradedCourse:
     from nbgrader.api import Gradebook
 
-    assignment = request.param
     timeout, course_id = course_config()
     root = tmp_path_factory.mktemp(f"course_{assignment}")
     shutil.copy(REPO / "nbgrader_config.py", root)
