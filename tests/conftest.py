@@ -20,3 +20,17 @@ if WORKERS > 1:  # workers share the cores: one thread each, and so for the note
 import torch  # noqa: E402  (after OMP_NUM_THREADS)
 
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
+
+
+@pytest.fixture(scope="session")
+def tiny_base():
+    from peftlab import load_base
+
+    return load_base("tiny")
+
+
+@pytest.fixture
+def fresh_base():
+    from peftlab import load_base
+
+    return load_base("tiny")
