@@ -80,7 +80,8 @@ def test_clean_check_catches_outputs():
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", _notebooks("lectures"), ids=lambda p: p.name)
-def test_lecture_runs(path, monkeypatch):
+def test_lecture_runs(path, monkeypatch, tmp_path):
+    from jupyter_client import KernelManager
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
@@ -88,7 +89,10 @@ def test_lecture_runs(path, monkeypatch):
     monkeypatch.setenv("PEFTLAB_QUICK", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, kernel_name=KERNEL, timeout=CELL_TIMEOUT_S,
+    # IPC sockets, not TCP ports: the nbgrader tests start kernels at the same time in the other xdist
+    # worker, and two processes choosing free TCP ports at once can pick the same one.
+    km = KernelManager(kernel_name=KERNEL, transport="ipc", ip=str(tmp_path / "kernel"))
+    client = NotebookClient(nb, km=km, kernel_name=KERNEL, timeout=CELL_TIMEOUT_S,
                             resources={"metadata": {"path": str(LECTURES)}})
     try:
         client.execute()
