@@ -37,8 +37,8 @@ from torch import nn
 
 from ..train import Hook, attach_hook
 from . import register
-from .lora import output_head_name
-from .targets import LINEAR_TYPES, Conv1D, find_targets, freeze, replace_module
+from .lora import find_lora_targets
+from .targets import LINEAR_TYPES, Conv1D, freeze, replace_module
 
 RANKNUM_EPS = 1e-5  # peft divides by (r + 1e-5); kept so outputs match peft's to the last bit
 
@@ -298,16 +298,6 @@ def get_rank_allocator(model: nn.Module) -> RankAllocator | None:
     return next((h for h in getattr(model, "peftlab_hooks", []) if isinstance(h, RankAllocator)), None)
 
 
-def find_adalora_targets(model: nn.Module, target_modules) -> list[tuple[str, nn.Module]]:
-    head = output_head_name(model)
-    exclude = ("lm_head",) + ((head,) if head else ())
-    wrapped = tuple(adalora_layers(model))
-    types = LINEAR_TYPES + ((SVDLinear,) if wrapped else ())
-    found = find_targets(model, ".*" if target_modules is None else target_modules, types=types, exclude=exclude)
-    inside = tuple(name + "." for name in wrapped)
-    return [(name, m) for name, m in found if not (inside and name.startswith(inside))]
-
-
 @register("adalora", AdaLoraConfig, family="low-rank", lr=1e-2,
           description="AdaLoRA: LoRA as P·Λ·Q whose rank is pruned to where it matters (Zhang et al. 2023)")
 def apply_adalora(model: nn.Module, config: AdaLoraConfig) -> nn.Module:
@@ -317,7 +307,7 @@ def apply_adalora(model: nn.Module, config: AdaLoraConfig) -> nn.Module:
     """
     schedule_phases(config)  # fail before touching the model
     freeze(model)
-    for name, layer in find_adalora_targets(model, config.target_modules):
+    for name, layer in find_lora_targets(model, config.target_modules, wrapper=SVDLinear):
         if not isinstance(layer, SVDLinear):
             replace_module(model, name, SVDLinear(layer, config.init_r, config.alpha, config.dropout))
     for layer in adalora_layers(model).values():

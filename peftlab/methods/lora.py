@@ -133,12 +133,16 @@ def output_head_name(model: nn.Module) -> str | None:
     return next((name for name, m in model.named_modules() if m is head), None) if head is not None else None
 
 
-def find_lora_targets(model: nn.Module, target_modules) -> list[tuple[str, nn.Module]]:
-    """The layers ``target_modules`` selects, including ones already wrapped, never the parts of a wrapper."""
+def find_lora_targets(model: nn.Module, target_modules, wrapper: type = LoraLayer) -> list[tuple[str, nn.Module]]:
+    """The layers ``target_modules`` selects, including ones already wrapped, never the parts of a wrapper.
+
+    ``wrapper`` is the class a method wraps its layers in (AdaLoRA passes its ``SVDLinear``), so that
+    applying a method twice finds the wrappers, not the linear layers inside them.
+    """
     head = output_head_name(model)
     exclude = ("lm_head",) + ((head,) if head else ())
-    wrapped = tuple(lora_layers(model))
-    types = LINEAR_TYPES + ((LoraLayer,) if wrapped else ())
+    wrapped = tuple(name for name, m in model.named_modules() if isinstance(m, wrapper))
+    types = LINEAR_TYPES + ((wrapper,) if wrapped else ())
     found = find_targets(model, ".*" if target_modules is None else target_modules, types=types, exclude=exclude)
     inside = tuple(name + "." for name in wrapped)
     return [(name, m) for name, m in found if not (inside and name.startswith(inside))]
