@@ -142,8 +142,12 @@ class Evaluation:
     source: dict[str, float]
 
 
-def evaluate_model(model, tokenizer, task: world.Task, n_people: int | None = None) -> Evaluation:
-    return Evaluation(task_metric(model, tokenizer, task), source_metrics(model, tokenizer, n_people))
+def evaluate_model(model, tokenizer, task: world.Task, n_people: int | None = None, *,
+                   n_target: int | None = None, n_paragraphs: int | None = N_PPL_PARAGRAPHS) -> Evaluation:
+    """The target metric (on the task's first ``n_target`` evaluation examples; default: its whole
+    evaluation set) and the source metrics (``source_metrics``); smaller numbers for quicker samples."""
+    examples = None if n_target is None else task.eval_examples(n_target)
+    return Evaluation(task_metric(model, tokenizer, task, examples), source_metrics(model, tokenizer, n_people, n_paragraphs))
 
 
 def learning_and_forgetting(before: Evaluation, after: Evaluation) -> dict[str, float]:

@@ -114,3 +114,16 @@ def test_train_refuses_frozen_model(fresh_base):
     apply_method(model, "base")
     with pytest.raises(ValueError, match="no trainable parameters"):
         train(model, tok, world.get_task("addition").train_examples(8), TrainConfig(steps=1), progress=False)
+
+
+def test_evaluate_model_samples_equal_the_metrics_on_the_same_samples(tiny_base):
+    """``evaluate_model``'s sample sizes pick the first examples, people and paragraphs, as the lectures use them."""
+    from peftlab import evaluate, world
+
+    model, tokenizer = tiny_base
+    task = world.get_task("sentiment")  # accuracy near chance: one example more or less changes it
+    got = evaluate.evaluate_model(model, tokenizer, task, 3, n_target=7, n_paragraphs=2)
+    assert got.target == evaluate.task_metric(model, tokenizer, task, task.eval_examples(7))
+    assert got.source == {
+        "source_recall": evaluate.exact_match(model, tokenizer, world.qa_examples(world.source_people()[:3])),
+        "english_ppl": evaluate.perplexity(model, tokenizer, world.english_paragraphs("heldout")[:2])}
