@@ -10,7 +10,9 @@ their own:
 - ``after_step(model, step, optimizer)``: after the optimizer (restore masked weights, prune rank).
 
 Hooks come from the ``hooks=`` argument and from ``model.peftlab_hooks`` (a list a method's
-``apply`` may attach with ``attach_hook``).
+``apply`` may attach with ``attach_hook``). A wrapped model (DDP, ``peftlab.distributed``'s wrapper,
+``torch.compile``) hides that attribute and prefixes every parameter name, so hooks are found on,
+and called with, the model inside the wrappers (``unwrap_model``).
 
 Mixed precision follows the device: bf16 autocast on GPUs that support it, fp16 autocast with a
 GradScaler on the others (Colab's T4), fp32 on a CPU.
@@ -27,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .data import batches
 from .utils import get_autocast_dtype, set_seed
+from . import world
 from .world import Example
 
 
@@ -52,18 +55,32 @@ def attach_hook(model, hook: Hook) -> None:
     hooks.append(hook)
 
 
+def unwrap_model(model):
+    """The model inside any wrappers: DDP's and ``peftlab.distributed``'s ``.module``, torch.compile's ``._orig_mod``."""
+    while True:
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
 @dataclass
 class TrainConfig:
     steps: int = 150  # optimizer steps
     batch_size: int = 16  # examples per step
-    lr: float = 1e-3  # peak learning rate (linear warm-up, cosine decay to 10%)
+    lr: float = 1e-3  # peak learning rate (linear warm-up, then the schedule)
     warmup: int = 10  # warm-up steps
+    schedule: str = "cosine"  # after warm-up: "cosine" (decay to 10% at `steps`) or "constant"
     weight_decay: float = 0.0  # AdamW weight decay (0: a method's frozen/zero-init parts stay put)
     grad_clip: float = 1.0  # max gradient norm (0 disables)
     seed: int = 0  # data order and dropout
     eval_every: int = 0  # call eval_fn every this many steps (0: only at the end)
+    eval_at: tuple[int, ...] = ()  # and after these steps (checkpoints of a sweep)
     max_length: int = 256  # truncate examples to this many tokens
     mixed_precision: bool = True  # 16-bit autocast where the device supports it
+    replay: float = 0.0  # share of every batch drawn from source data (world.source_documents) against forgetting
 
 
 @dataclass
@@ -102,11 +119,17 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def lr_schedule(cfg: TrainConfig) -> Callable[[int], float]:
-    """Multiplier of the peak rate at ``step``: linear warm-up, then cosine decay to 10%."""
+    """Multiplier of the peak rate at ``step``: linear warm-up, then cosine decay to 10% (or constant:
+    with ``schedule="constant"`` a checkpoint after k steps is exactly a k-step run, which lets one
+    sweep run stand for every shorter training length)."""
+    if cfg.schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be 'cosine' or 'constant', not {cfg.schedule!r}")
 
     def factor(step: int) -> float:
         if step < cfg.warmup:
             return (step + 1) / cfg.warmup
+        if cfg.schedule == "constant":
+            return 1.0
         progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
@@ -126,12 +149,15 @@ def train(model, tokenizer, examples: Sequence[Example], cfg: TrainConfig = Trai
         raise ValueError("no training examples: pass a non-empty list of peftlab.world.Example")
     set_seed(cfg.seed)
     device = next(model.parameters()).device
-    hooks = list(hooks) + list(getattr(model, "peftlab_hooks", []))
+    inner = unwrap_model(model)  # what the hooks see: names and attributes without a wrapper's prefix
+    hooks = list(hooks) + list(getattr(inner, "peftlab_hooks", []))
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg))
     amp_dtype = get_autocast_dtype(device) if cfg.mixed_precision else None
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    stream = batches(tokenizer, examples, cfg.batch_size, seed=cfg.seed, max_length=cfg.max_length)
+    replay = world.source_documents(cfg.seed) if cfg.replay else ()
+    stream = batches(tokenizer, examples, cfg.batch_size, seed=cfg.seed, max_length=cfg.max_length,
+                     replay=replay, replay_fraction=cfg.replay)
     result = TrainResult()
     model.train()
     start = time.perf_counter()
@@ -141,7 +167,7 @@ def train(model, tokenizer, examples: Sequence[Example], cfg: TrainConfig = Trai
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loss = model(**batch).loss
             for hook in hooks:
-                extra = hook.extra_loss(model, step)
+                extra = hook.extra_loss(inner, step)
                 if extra is not None:
                     loss = loss + extra
         scaler.scale(loss).backward()
@@ -149,7 +175,7 @@ def train(model, tokenizer, examples: Sequence[Example], cfg: TrainConfig = Trai
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.grad_clip)
         for hook in hooks:
-            hook.before_step(model, step, optimizer)
+            hook.before_step(inner, step, optimizer)
         if step == 0:
             result.grad_bytes = sum(p.grad.numel() * p.grad.element_size()
                                     for p in trainable_parameters(model) if p.grad is not None)
@@ -157,7 +183,7 @@ def train(model, tokenizer, examples: Sequence[Example], cfg: TrainConfig = Trai
         scaler.update()
         scheduler.step()
         for hook in hooks:
-            hook.after_step(model, step, optimizer)
+            hook.after_step(inner, step, optimizer)
         optimizer.zero_grad(set_to_none=True)
         if step == 0:
             result.optimizer_state_bytes = state_bytes(optimizer)
@@ -165,7 +191,8 @@ def train(model, tokenizer, examples: Sequence[Example], cfg: TrainConfig = Trai
         result.tokens += int(batch["attention_mask"].sum())
         if progress and step % 10 == 0:
             bar.set_postfix(loss=f"{result.losses[-1]:.3f}")
-        if eval_fn is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+        checkpoint = (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or (step + 1) in cfg.eval_at
+        if eval_fn is not None and checkpoint and step + 1 < cfg.steps:
             result.seconds += time.perf_counter() - start
             result.evals.append((step + 1, eval_fn(model)))
             model.train()

@@ -1,0 +1,469 @@
+"""Beyond one GPU: every method under DDP or FSDP2, launched by ``torchrun``, its bytes measured per rank.
+
+Data parallelism over N processes ("ranks") gives each rank 1/N of every batch. Two ways to keep
+the ranks' models identical, both in PyTorch itself:
+
+- **DDP** (Li et al. 2020, "PyTorch Distributed: Experiences on Accelerating Data Parallel
+  Training"): every rank holds the whole model, gradients and optimizer state; after backward the
+  gradients are *all-reduced*, g = (1/N) sum_r g_r, so every rank takes the same step. That is ZeRO
+  stage 0.
+- **FSDP2** (``torch.distributed.fsdp.fully_shard``; Zhao et al. 2023, "PyTorch FSDP"; the ZeRO
+  idea of Rajbhandari et al. 2020): every parameter is cut along dim 0 into N shards and each rank
+  keeps one, with its gradient and optimizer state. Before a block's forward its parameters are
+  *all-gathered*; after backward the gradients are *reduce-scattered*, each rank receiving the
+  averaged gradient of its own shard. ``reshard_after_forward=True`` frees the gathered weights
+  after forward and gathers them again for backward (the ZeRO-3 analogue); ``False`` keeps them
+  from forward to backward (the ZeRO-2 analogue: full weights held during the step, sharded
+  gradients and optimizer state). FSDP2 shards parameter by parameter, so a frozen base and a
+  small trainable adapter live side by side (FSDP1's flat parameters could not mix them).
+
+The pieces: ``setup`` (process group and device from torchrun's environment: CUDA/nccl or
+CPU/gloo), ``wrap`` (a method's model in DDP or FSDP2, inside ``DataParallelLM``, which gives each
+rank its rows of the global batch and normalizes the loss by the global number of target tokens,
+so N ranks take exactly the single-process step), ``unsharded`` / ``full_state_dict`` (whole
+tensors again, for saving: ``save_lora`` works inside ``with unsharded(model)``), ``LocalBytes`` (a
+training hook that measures the bytes each rank holds, from its local shards), ``estimate_per_rank``
+(the ZeRO estimator's figures for the same stage), and ``main``, run by ``torchrun``::
+
+    torchrun --standalone --nproc_per_node=2 -m peftlab.distributed --method lora
+    python -m peftlab distributed --method lora --nproc 2        # the same, launched for you
+
+The course's training loop (``peftlab.train.train``) runs unchanged: it finds the method's hooks
+through the wrappers (``peftlab.train.unwrap_model``). Hooks that read whole tensors (the sparse
+mask, AdaLoRA's rank allocator) work under DDP; under FSDP2 each rank sees only shards, so ``wrap``
+refuses a hooked model with FSDP2 rather than train it wrongly.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .data import IGNORE_INDEX
+from .memory import MemoryBreakdown, estimate_memory
+from .train import Hook, unwrap_model
+
+#: strategy -> (ZeRO stage it is the analogue of, what each rank holds)
+STRATEGIES = {
+    "ddp": (0, "DDP: whole model on every rank, gradients all-reduced"),
+    "fsdp-zero2": (2, "FSDP2, reshard_after_forward=False: gathered weights kept from forward to backward"),
+    "fsdp-zero3": (3, "FSDP2, reshard_after_forward=True: weights gathered for forward, freed, gathered again"),
+}
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world_size: int
+    device: torch.device
+    backend: str
+
+
+def setup(device: str | None = None) -> Dist:
+    """Join the process group ``torchrun`` describes (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...).
+
+    CUDA (one GPU per rank, ``LOCAL_RANK``) with nccl when there is a GPU, else the CPU with gloo.
+    Outside torchrun this is a group of one, so the same code runs in a plain process.
+    """
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:  # a plain process: a group of one on a free local port
+            os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    return Dist(dist.get_rank(), dist.get_world_size(), device, backend)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def transformer_blocks(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers (the longest ``nn.ModuleList``): each becomes one FSDP2 unit."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"{type(model).__name__} has no nn.ModuleList of layers to shard block by block")
+    return max(lists, key=len)
+
+
+class DataParallelLM(nn.Module):
+    """A DDP or FSDP2 model that takes the *global* batch and runs this rank's rows of it.
+
+    Every rank draws the same global batch (same seed) and keeps rows ``rank*b/N ... (rank+1)*b/N``,
+    padded as in the single-process batch. A causal LM's loss is a mean over target tokens, and ranks
+    hold different numbers of them, so the mean of the ranks' means is not the global mean. Instead
+    each rank's loss is its *sum* over target tokens times N / (targets in the global batch): the
+    average DDP and FSDP2 take over ranks is then exactly the single-process loss's gradient.
+    The returned loss is the global mean (all-reduced), for logging.
+    """
+
+    def __init__(self, module: nn.Module, strategy: str, world: Dist):
+        super().__init__()
+        self.module, self.strategy, self.world = module, strategy, world
+
+    def forward(self, input_ids, attention_mask=None, labels=None, **kwargs):
+        n, rank = self.world.world_size, self.world.rank
+        if input_ids.shape[0] % n:
+            raise ValueError(f"the global batch ({input_ids.shape[0]} rows) must divide evenly over {n} ranks")
+        rows = slice(rank * input_ids.shape[0] // n, (rank + 1) * input_ids.shape[0] // n)
+        local = {"input_ids": input_ids[rows]}
+        if attention_mask is not None:
+            local["attention_mask"] = attention_mask[rows]
+        if labels is None:
+            return self.module(**local, **kwargs)
+        targets = (labels[:, 1:] != IGNORE_INDEX).sum()  # the loss predicts token t+1 from tokens <= t
+        out = self.module(**local, labels=labels[rows], num_items_in_batch=targets / n, **kwargs)
+        logged = out.loss.detach().clone()
+        if n > 1:
+            dist.all_reduce(logged)
+        out.loss = out.loss + (logged / n - out.loss.detach())  # value: the global mean; gradient: this rank's
+        return out
+
+
+def wrap(model: nn.Module, strategy: str = "ddp", world: Dist | None = None) -> DataParallelLM:
+    """Put a method's model (after ``apply_method``) on this rank's device, in DDP or FSDP2.
+
+    ``strategy``: ``ddp``, ``fsdp-zero2`` (``reshard_after_forward=False``) or ``fsdp-zero3``
+    (``True``). FSDP2 shards each transformer block as one unit, then the rest (embeddings, final
+    norm, head) as the root. ``gradient_as_bucket_view=True`` lets DDP's gradients live inside its
+    all-reduce buckets instead of beside them (otherwise each rank holds the gradients twice).
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; strategies: {', '.join(STRATEGIES)}")
+    world = world or setup()
+    model.to(world.device)
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [world.device.index] if world.device.type == "cuda" else None
+        return DataParallelLM(DDP(model, device_ids=ids, gradient_as_bucket_view=True), strategy, world)
+    if getattr(model, "peftlab_hooks", None):
+        names = ", ".join(type(h).__name__ for h in model.peftlab_hooks)
+        raise NotImplementedError(
+            f"this model's training hooks ({names}) read whole tensors (a mask, a global ranking), but under "
+            f"FSDP2 each rank holds only shards of them; train it with strategy='ddp'")
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(world.device.type, (world.world_size,))
+    reshard = STRATEGIES[strategy][0] == 3
+    for block in transformer_blocks(model):
+        fully_shard(block, mesh=mesh, reshard_after_forward=reshard)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard)
+    return DataParallelLM(model, strategy, world)
+
+
+# ---- whole tensors again -----------------------------------------------------------------------------
+
+def _fsdp_modules(model: nn.Module) -> list[nn.Module]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in unwrap_model(model).modules() if isinstance(m, FSDPModule)]
+
+
+@contextlib.contextmanager
+def unsharded(model: nn.Module):
+    """Inside, the model (unwrapped) has its whole parameters registered: every rank all-gathers.
+
+    Call it on every rank. ``save_lora(model, folder)`` and ``dict(model.named_parameters())`` see
+    plain full tensors inside; afterwards the shards are back. DDP's model is whole already.
+    """
+    fsdp = _fsdp_modules(model)
+    for m in fsdp:
+        m.unshard()
+    try:
+        yield unwrap_model(model)
+    finally:
+        for m in fsdp:
+            m.reshard()
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter by name (no wrapper prefix), whole, on the CPU. A collective: call it on every rank."""
+    with unsharded(model) as inner:
+        seen, state = set(), {}
+        for name, p in inner.named_parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                state[name] = p.detach().to("cpu", copy=True)
+    return state
+
+
+# ---- bytes each rank holds -----------------------------------------------------------------------------
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a tensor: a DTensor's local shard, or the tensor itself."""
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    t = _local(t)
+    return t.numel() * t.element_size()
+
+
+def _unique(params) -> list[torch.Tensor]:
+    seen, out = set(), []
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+class LocalBytes(Hook):
+    """Measures, at the first step, the bytes this rank holds, from its own tensors (local shards).
+
+    - ``weights``: the parameters' local shards (whole parameters under DDP);
+    - ``gathered``: whole parameters held between forward and backward (what FSDP2 all-gathered and
+      did not free after forward: everything with ``reshard_after_forward=False``, the root's
+      embeddings, norm and head with ``True``);
+    - ``gradients``: the local gradients at the optimizer step (after the all-reduce / reduce-scatter);
+    - ``optimizer``: the optimizer's local state tensors after the step (``step`` counters left out,
+      as the estimator leaves them out).
+    """
+
+    def __init__(self):
+        self.weights = self.gathered = self.gradients = self.optimizer = None
+
+    def extra_loss(self, model, step):
+        from torch.distributed.tensor import DTensor
+
+        if step == 0:  # after forward, before backward
+            params = _unique(model.parameters())
+            self.gathered = sum(_nbytes(p) for p in params if not isinstance(p, DTensor))
+        return None
+
+    def before_step(self, model, step, optimizer):
+        if step == 0:
+            self.gradients = sum(_nbytes(p.grad) for p in _unique(model.parameters()) if p.grad is not None)
+
+    def after_step(self, model, step, optimizer):
+        if step == 0:
+            self.weights = sum(_nbytes(p) for p in _unique(model.parameters()))
+            self.optimizer = sum(_nbytes(v) for s in optimizer.state.values() for k, v in s.items()
+                                 if k != "step" and torch.is_tensor(v))
+
+    def breakdown(self, strategy: str, label: str = "measured") -> MemoryBreakdown:
+        """As the estimator counts: under ``fsdp-zero2`` the weights held during the step are the gathered ones."""
+        weights = self.gathered if strategy == "fsdp-zero2" else self.weights
+        return MemoryBreakdown(label, weights=weights, gradients=self.gradients, optimizer=self.optimizer,
+                               notes={"local shards of the weights": self.weights,
+                                      "gathered between forward and backward": self.gathered})
+
+
+def estimate_per_rank(trainable: int, frozen: int, strategy: str, world_size: int,
+                      label: str = "estimate") -> MemoryBreakdown:
+    """``peftlab.memory.estimate_memory``'s per-rank figures for the ZeRO stage ``strategy`` stands for (fp32 AdamW)."""
+    return estimate_memory(trainable, frozen, precision="fp32", optimizer="adamw", zero_stage=STRATEGIES[strategy][0],
+                           n_devices=world_size, label=label)
+
+
+# ---- a deliberately broken synchronization --------------------------------------------------------------
+
+class _LocalOnlyReduceScatter:
+    """FSDP2's reduce-scatter without the reduction: each rank keeps its own gradient's shard."""
+
+    def allocate(self, size, *, dtype, device):
+        return torch.empty(*size, dtype=dtype, device=device)
+
+    def __call__(self, output_tensor, input_tensor, group, op, async_op=False):
+        rank, n = dist.get_rank(group), dist.get_world_size(group)
+        output_tensor.copy_(input_tensor.view(n, -1)[rank])
+        if op == dist.ReduceOp.AVG:
+            output_tensor.div_(n)
+        return None
+
+
+def _no_all_reduce(state, bucket):
+    """A DDP communication hook that skips the all-reduce (keeps its division by N)."""
+    future = torch.futures.Future()
+    future.set_result(bucket.buffer().div_(dist.get_world_size()))
+    return future
+
+
+def break_gradient_sync(model: DataParallelLM) -> DataParallelLM:
+    """Skip the gradient collective (DDP's all-reduce, FSDP2's reduce-scatter's sum), to see what it does.
+
+    Each rank then steps with the gradient of its own rows only, and the ranks drift apart.
+    The tests use it to show that they fail without synchronization.
+    """
+    if model.strategy == "ddp":
+        model.module.register_comm_hook(None, _no_all_reduce)
+    else:
+        for m in _fsdp_modules(model):
+            m.set_custom_reduce_scatter(_LocalOnlyReduceScatter())
+    return model
+
+
+# ---- one run: train a method on N ranks, measure, compare -----------------------------------------------
+
+@dataclass
+class RunConfig:
+    method: str = "lora"  # a registered method (python -m peftlab methods)
+    strategy: str = "ddp"  # ddp, fsdp-zero2 or fsdp-zero3
+    steps: int = 4  # optimizer steps
+    batch_size: int = 8  # global batch: every rank runs batch_size / N rows
+    lr: float | None = None  # default: the method's learning rate in the registry
+    task: str = "new_people"  # target task (peftlab.world.TASKS)
+    seed: int = 0
+    dtype: str = "float32"  # float64 makes rounding noise negligible (see test_distributed.py)
+    options: dict = field(default_factory=dict)  # the method's config overrides
+
+
+def method_model(cfg: RunConfig):
+    """``(model, tokenizer, train config, examples)`` of a run, before any wrapping: the single-process reference uses it too."""
+    from . import world as world_module
+    from .methods import get_method
+    from .models import load_base
+    from .train import TrainConfig
+    from .utils import set_seed
+
+    method = get_method(cfg.method)
+    model, tokenizer = load_base("tiny", dtype=getattr(torch, cfg.dtype))
+    options = dict(cfg.options)
+    if cfg.method == "adalora":
+        options.setdefault("total_step", cfg.steps)
+    set_seed(cfg.seed)  # the method's random initialization (LoRA's A) is the same on every rank
+    method.apply(model, **options)
+    train_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr or method.lr, seed=cfg.seed,
+                            warmup=min(10, cfg.steps), mixed_precision=True)
+    examples = world_module.get_task(cfg.task).train_examples(4 * cfg.batch_size * cfg.steps, seed=cfg.seed)
+    return model, tokenizer, train_cfg, examples
+
+
+def run(cfg: RunConfig, world: Dist | None = None, break_sync: bool = False) -> dict:
+    """Train ``cfg.method`` with ``cfg.strategy`` on every rank (call it on every rank); per-rank bytes and the final weights.
+
+    Returns (on every rank) ``measured`` and ``estimate`` (bytes by bucket for this rank), the loss
+    curve, and ``state``: the whole trained weights (``full_state_dict``).
+    """
+    from .train import train
+    from .utils import count_parameters
+
+    world = world or setup()
+    model, tokenizer, train_cfg, examples = method_model(cfg)
+    counts = count_parameters(model)
+    parallel = wrap(model, cfg.strategy, world)
+    if break_sync:
+        break_gradient_sync(parallel)
+    probe = LocalBytes()
+    result = train(parallel, tokenizer, examples, train_cfg, hooks=[probe], progress=False)
+    measured = probe.breakdown(cfg.strategy, label=f"rank {world.rank} measured")
+    estimate = estimate_per_rank(counts.trainable, counts.total - counts.trainable, cfg.strategy, world.world_size,
+                                 label=f"ZeRO-{STRATEGIES[cfg.strategy][0]} estimate")
+    return {"rank": world.rank, "world_size": world.world_size, "strategy": cfg.strategy, "method": cfg.method,
+            "measured": measured, "estimate": estimate, "losses": result.losses, "model": parallel,
+            "state": full_state_dict(parallel)}
+
+
+BYTE_ROWS = ("weights", "gradients", "optimizer")
+
+
+def format_rank_table(results: list[dict]) -> str:
+    """One block per rank: bytes held, measured from the local shards, beside the estimator's per-rank figure."""
+    first = results[0]
+    stage, help_text = STRATEGIES[first["strategy"]]
+    lines = [f"{first['method']} with {first['strategy']} on {first['world_size']} ranks ({help_text})",
+             f"{'rank':<6}{'bytes':<12}{'measured':>14}{f'ZeRO-{stage} estimate':>18}{'equal':>7}"]
+    for r in sorted(results, key=lambda r: r["rank"]):
+        for row in BYTE_ROWS:
+            m, e = getattr(r["measured"], row), getattr(r["estimate"], row)
+            lines.append(f"{r['rank']:<6}{row:<12}{m:>14,.0f}{e:>18,.0f}{'yes' if m == e else 'NO':>7}")
+    notes = first["measured"].notes
+    lines.append(f"(each rank also keeps {notes['local shards of the weights']:,} bytes of weight shards; "
+                 f"{notes['gathered between forward and backward']:,} bytes of whole weights are held "
+                 "between forward and backward)" if first["strategy"] != "ddp" else "")
+    return "\n".join(line for line in lines if line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The torchrun entry point: train, print the per-rank tables on rank 0, optionally save what the tests check."""
+    parser = argparse.ArgumentParser(prog="torchrun --standalone --nproc_per_node=N -m peftlab.distributed")
+    parser.add_argument("--method", default="lora", help="registered method(s), comma-separated")
+    parser.add_argument("--strategy", default="all", help="ddp, fsdp-zero2, fsdp-zero3, comma-separated, or all")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=8, help="global batch (divisible by the number of ranks)")
+    parser.add_argument("--task", default="new_people")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="weights' dtype")
+    parser.add_argument("--options", default="{}", help="JSON of method config overrides, by method name")
+    parser.add_argument("--out", default=None, help="folder for each run's weights and bytes (for tests)")
+    parser.add_argument("--save-lora", action="store_true", help="also save LoRA adapters from the sharded model to --out")
+    parser.add_argument("--break-sync", action="store_true", help="skip the gradient collective (to watch tests fail)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    world = setup()
+    strategies = list(STRATEGIES) if args.strategy == "all" else [s.strip() for s in args.strategy.split(",")]
+    options = json.loads(args.options)
+    for method in [m.strip() for m in args.method.split(",")]:
+        for strategy in strategies:
+            cfg = RunConfig(method=method, strategy=strategy, steps=args.steps, batch_size=args.batch_size,
+                            task=args.task, dtype=args.dtype, options=options.get(method, {}))
+            try:
+                result = run(cfg, world, break_sync=args.break_sync)
+            except NotImplementedError as err:  # a hooked method under FSDP2: say so, go on
+                if args.strategy != "all":
+                    raise
+                if world.rank == 0:
+                    print(f"{method} with {strategy}: skipped, {err}\n", flush=True)
+                continue
+            gathered = [None] * world.world_size
+            summary = {k: result[k] for k in ("rank", "world_size", "strategy", "method", "measured", "estimate", "losses")}
+            dist.all_gather_object(gathered, summary)
+            if args.out:
+                out = Path(args.out) / f"{method}-{strategy}"
+                out.mkdir(parents=True, exist_ok=True)
+                if args.save_lora and method == "lora":
+                    from .methods.lora import save_lora
+
+                    with unsharded(result["model"]) as inner:
+                        if world.rank == 0:
+                            save_lora(inner, out / "adapter")
+                # every rank writes its own copy of the whole weights: the tests check that the ranks agree
+                torch.save(result["state"], out / f"state-rank{world.rank}.pt")
+                if world.rank == 0:
+                    rows = [{"rank": g["rank"], **{f"measured_{b}": getattr(g["measured"], b) for b in BYTE_ROWS},
+                             **{f"estimate_{b}": getattr(g["estimate"], b) for b in BYTE_ROWS},
+                             "notes": g["measured"].notes, "losses": g["losses"]} for g in gathered]
+                    (out / "ranks.json").write_text(json.dumps(rows, indent=1) + "\n")
+            if world.rank == 0:
+                print(format_rank_table(gathered) + "\n", flush=True)
+            dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+def torchrun_command(nproc: int, args: list[str]) -> list[str]:
+    """``torchrun --standalone --nproc_per_node=N -m peftlab.distributed ARGS`` with this Python."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "peftlab.distributed", *args]
+
+
+def launch(nproc: int, args: list[str], capture: bool = False, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run ``main`` under torchrun with ``nproc`` processes (one CPU thread each unless OMP_NUM_THREADS says otherwise)."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(torchrun_command(nproc, args), env=env, capture_output=capture, text=True, timeout=timeout,
+                          check=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
