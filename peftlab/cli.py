@@ -6,6 +6,7 @@
   memory       bytes of one training step by bucket, and whether it fits on common GPUs
   methods      list the registered methods
   english-text re-create peftlab/data/english.txt from CPython's bundled language reference
+  site         build the course website (lectures executed, assignments as released) into _site/
 """
 from __future__ import annotations
 
@@ -85,6 +86,17 @@ def _cmd_english(args) -> int:
     return 0
 
 
+def _cmd_site(args) -> int:
+    from pathlib import Path
+
+    from .site import build_site
+
+    mode = "quick" if args.quick else "full" if args.full else None
+    build_site(Path(args.out), mode=mode, force=args.force, github=args.github,
+               readme_images=Path(args.readme_images) if args.readme_images else None)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m peftlab", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -129,6 +141,17 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("methods", help="list registered methods").set_defaults(fn=_cmd_methods)
     sub.add_parser("english-text", help="re-create peftlab/data/english.txt").set_defaults(fn=_cmd_english)
+
+    p = sub.add_parser("site", help="build the course website into _site/ (executed lectures, released assignments)")
+    p.add_argument("--quick", action="store_true", help="quick mode (as PEFTLAB_QUICK=1): shortened runs")
+    p.add_argument("--full", action="store_true", help="full mode: the full-size runs (the default unless PEFTLAB_QUICK=1)")
+    p.add_argument("--out", default="_site", help="output folder (default _site; its .cache/ keeps executed notebooks)")
+    p.add_argument("--force", action="store_true", help="execute every notebook again (after changing the package)")
+    p.add_argument("--github", default=None, help="owner/repo[@branch] for direct 'open in Colab' links "
+                   "(default: the git remote 'origin' when it is on github.com)")
+    p.add_argument("--readme-images", default=None, help="also write the README's figure and lecture screenshot here "
+                   "(e.g. docs)")
+    p.set_defaults(fn=_cmd_site)
 
     args = parser.parse_args(argv)
     try:

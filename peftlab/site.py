@@ -1,0 +1,713 @@
+"""The course website: every lecture executed, with its outputs and figures; every assignment as released.
+
+``python -m peftlab site`` builds a static site into ``_site/`` (ignored by git), offline, from the
+notebooks and registry packages alone (nbclient executes, nbconvert's markdown filter and pygments
+render, latex2mathml turns the math into MathML that browsers draw without a script):
+
+- ``index.html``: the syllabus (every lecture and assignment with its page, "open in Colab" and
+  download links), the comparison of every method (``python -m peftlab compare``: figure and table);
+- ``lectures/<name>.html``: each lecture executed top to bottom, outputs and figures included;
+- ``assignments/<a>.html``: the student release from ``exercises/``, not executed. Solutions and
+  hidden tests never enter the site: the build refuses to finish if any line of them appears in a
+  page, a download or the course zip (``find_leaks``);
+- ``guide.html``: the README's "Syllabus and instructor guide" section;
+- ``downloads/``: the notebooks as committed, and ``peftlab-course.zip`` (the package, lectures and
+  released assignments), which the notebooks' Colab set-up cell installs from (see ``peftlab.colab``).
+
+Execution is cached in ``_site/.cache``: a notebook is executed again only when its code or markdown
+changed or the mode differs. The mode (quick: ``PEFTLAB_QUICK=1``; full: the full-size runs) is recorded
+on every page and in ``build.json``. Changes to the ``peftlab`` package do not invalidate the cached
+lectures: rebuild with ``--force`` after changing it. ``--readme-images docs`` also writes the
+learning-vs-forgetting figure and a screenshot of a lecture page (headless Chromium) for the README.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from html.parser import HTMLParser
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SITE_DIR = ROOT / "_site"
+ASSETS = Path(__file__).resolve().parent / "site_assets"
+KERNEL = "python3"
+CELL_TIMEOUT_S = 900
+COURSE_ZIP = "peftlab-course.zip"  # the name the Colab set-up cell looks for (peftlab.colab.DEFAULT_SOURCE)
+COURSE_ZIP_PATHS = ("pyproject.toml", "README.md", "requirements.txt", "nbgrader_config.py", "peftlab",
+                    "lectures", "exercises")  # never solutions/ or tests/
+GUIDE_HEADING = "## Syllabus and instructor guide"
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"  # figures as image/png outputs, even where MPLBACKEND=Agg
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars")
+
+
+# --------------------------------------------------------------------------------------- the notebooks
+
+@dataclass
+class Notebook:
+    kind: str  # "lecture" or "assignment"
+    path: Path  # the committed notebook
+    href: str  # its page, relative to the site root
+    download: str  # its downloadable copy, relative to the site root
+    title: str = ""
+    number: str = ""  # "03" for lectures/03_lora.ipynb and exercises/a03/a03.ipynb
+    points: float = 0.0
+    record: dict = field(default_factory=dict)  # how the page was executed (lectures)
+
+
+def _title(nb) -> str:
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            match = re.search(r"^#\s+(.+)$", cell.source, re.M)
+            if match:
+                return re.sub(r"[*_`]", "", match.group(1)).strip()
+    return ""
+
+
+def course_notebooks(root: Path = ROOT) -> list[Notebook]:
+    """Lectures (``lectures/*.ipynb``) and released assignments (``exercises/*/*.ipynb``), found by glob."""
+    import nbformat
+
+    found = []
+    for path in sorted((root / "lectures").glob("*.ipynb")):
+        found.append(Notebook("lecture", path, f"lectures/{path.stem}.html", f"downloads/lectures/{path.name}",
+                              number=path.stem.split("_")[0]))
+    for path in sorted((root / "exercises").glob("*/*.ipynb")):
+        folder = path.parent.name
+        stem = folder if path.stem == folder else f"{folder}-{path.stem}"
+        found.append(Notebook("assignment", path, f"assignments/{stem}.html",
+                              f"downloads/exercises/{folder}/{path.name}", number=folder.lstrip("a")))
+    for item in found:
+        nb = nbformat.read(item.path, as_version=4)
+        item.title = _title(nb) or item.path.stem
+        if item.kind == "assignment":
+            item.points = sum(float(p) for c in nb.cells if c.cell_type == "markdown"
+                              for p in re.findall(r"^##\s.*\((\d+(?:\.\d+)?) points?\)", c.source, re.M))
+    return found
+
+
+# --------------------------------------------------------------------------------- execution, cached
+
+def cache_key(nb, mode: str) -> str:
+    """Hash of what the notebook says (cell types and sources) and the mode; outputs and ids don't count."""
+    payload = json.dumps({"mode": mode, "kernel": KERNEL, "cells": [(c.cell_type, c.source) for c in nb.cells]})
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@contextmanager
+def _mode_environment(mode: str):
+    """The kernel inherits this process's environment: set the mode and the inline figure backend."""
+    saved = dict(os.environ)
+    if mode == "quick":
+        os.environ["PEFTLAB_QUICK"] = "1"
+    else:
+        os.environ.pop("PEFTLAB_QUICK", None)
+    os.environ["MPLBACKEND"] = INLINE_BACKEND
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def execute(path: Path, mode: str, cache_dir: Path, force: bool = False, log=print):
+    """The executed notebook and its record, from the cache when the notebook and mode are unchanged."""
+    import nbformat
+    from jupyter_client import KernelManager
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    key = cache_key(nb, mode)
+    stem = f"{path.parent.name}--{path.stem}.{mode}"
+    cached_nb, cached_record = cache_dir / f"{stem}.{key[:16]}.ipynb", cache_dir / f"{stem}.{key[:16]}.json"
+    if not force and cached_nb.exists() and cached_record.exists():
+        record = json.loads(cached_record.read_text())
+        log(f"  {path.name}: cached ({mode} mode, executed {record['executed_at']} in {record['seconds']:.0f} s)")
+        return nbformat.read(cached_nb, as_version=4), dict(record, cached=True)
+    log(f"  {path.name}: executing in {mode} mode ...")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix="peftlab-site-kernel-") as tmp, _mode_environment(mode):
+        # IPC sockets, not TCP ports: tests may start kernels in another process at the same time
+        km = KernelManager(kernel_name=KERNEL, transport="ipc", ip=str(Path(tmp) / "kernel"))
+        client = NotebookClient(nb, km=km, kernel_name=KERNEL, timeout=CELL_TIMEOUT_S,
+                                resources={"metadata": {"path": str(path.parent)}})
+        client.execute()
+    seconds = time.time() - start
+    from . import __version__
+
+    record = {"notebook": path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else path.name,
+              "mode": mode, "key": key, "seconds": round(seconds, 1), "peftlab": __version__,
+              "executed_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    for old in cache_dir.glob(f"{stem}.*"):  # one cached run per notebook and mode
+        old.unlink()
+    nbformat.write(nb, cached_nb)
+    cached_record.write_text(json.dumps(record, indent=1) + "\n")
+    log(f"  {path.name}: executed in {seconds:.0f} s")
+    return nb, dict(record, cached=False)
+
+
+# ----------------------------------------------------------------------------------------- rendering
+
+_MATH = re.compile(r"(```.*?```|`[^`\n]+`|\$\$.+?\$\$|(?<![\\$\w])\$(?![\s$])[^$\n]+?(?<![\s\\])\$)", re.S)
+
+
+def _mathml(tex: str, display: bool) -> str:
+    from latex2mathml.converter import convert
+
+    try:
+        return convert(tex.strip(), display="block" if display else "inline")
+    except Exception:  # noqa: BLE001 - a formula latex2mathml cannot read is shown as its TeX
+        return f"<code>{html.escape(tex)}</code>"
+
+
+def render_markdown(text: str) -> str:
+    """Markdown to HTML, with ``$...$`` and ``$$...$$`` as MathML (no script, no network)."""
+    from nbconvert.filters import markdown2html_mistune
+
+    formulas: list[str] = []
+
+    def stash(match):
+        found = match.group(0)
+        if found.startswith("`"):
+            return found
+        display = found.startswith("$$")
+        formulas.append(_mathml(found[2:-2] if display else found[1:-1], display))
+        return f"PEFTLABMATH{len(formulas) - 1}X"
+
+    rendered = markdown2html_mistune(_MATH.sub(stash, text))
+    return re.sub(r"PEFTLABMATH(\d+)X", lambda m: formulas[int(m.group(1))], rendered)
+
+
+def _highlight(code: str) -> str:
+    from pygments import highlight
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import PythonLexer
+
+    return highlight(code, PythonLexer(), HtmlFormatter(cssclass="highlight"))
+
+
+def _strip_ansi(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+
+
+def _text(value) -> str:
+    return "".join(value) if isinstance(value, list) else str(value)
+
+
+def render_output(output) -> str:
+    kind = output.get("output_type")
+    if kind == "stream":
+        text = _strip_ansi(_text(output.get("text", "")))
+        text = re.sub(r"[^\n]*\r(?!\n)", "", text)  # progress bars redraw a line with \r: keep the last state
+        return f'<pre class="{html.escape(output.get("name", "stdout"))}">{html.escape(text)}</pre>'
+    if kind == "error":
+        trace = _strip_ansi("\n".join(output.get("traceback", [])))
+        return f'<pre class="error">{html.escape(trace)}</pre>'
+    data = output.get("data", {})
+    for mime in ("image/png", "image/jpeg"):
+        if mime in data:
+            payload = _text(data[mime]).replace("\n", "")
+            return f'<img src="data:{mime};base64,{payload}" alt="figure">'
+    if "image/svg+xml" in data:
+        svg = base64.b64encode(_text(data["image/svg+xml"]).encode()).decode()
+        return f'<img src="data:image/svg+xml;base64,{svg}" alt="figure">'
+    if "text/html" in data:
+        return f'<div class="html">{_text(data["text/html"])}</div>'
+    if "text/markdown" in data:
+        return render_markdown(_text(data["text/markdown"]))
+    if "application/vnd.jupyter.widget-view+json" in data:
+        return '<p class="widget-note">(an interactive widget: run the notebook to use it)</p>'
+    if "text/plain" in data:
+        return f'<pre>{html.escape(_strip_ansi(_text(data["text/plain"])))}</pre>'
+    return ""
+
+
+def render_cells(nb) -> str:
+    parts = []
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            parts.append(f'<div class="cell markdown">{render_markdown(cell.source)}</div>')
+        elif cell.cell_type == "code":
+            outputs = "".join(render_output(o) for o in cell.get("outputs", []))
+            outputs = f'<div class="output">{outputs}</div>' if outputs else ""
+            parts.append(f'<div class="cell code"><div class="input">{_highlight(cell.source)}</div>{outputs}</div>')
+    return "\n".join(parts)
+
+
+def _rewrite_links(body: str, page_href: str, link_map: dict[str, str]) -> str:
+    """Links to notebooks become links to their pages; other relative links to the repository become text."""
+    depth = page_href.count("/")
+    up = "../" * depth
+
+    def fix(match):
+        href, label = match.group(1), match.group(2)
+        if re.match(r"^(https?:|mailto:|#)", href):
+            return match.group(0)
+        target = href.split("#")[0]
+        anchor = href[len(target):]
+        name = target.split("/")[-1]
+        if target in link_map:
+            return f'<a href="{up}{link_map[target]}{anchor}">{label}</a>'
+        if name in link_map:
+            return f'<a href="{up}{link_map[name]}{anchor}">{label}</a>'
+        return label
+
+    return re.sub(r'<a href="([^"]*)"[^>]*>(.*?)</a>', fix, body, flags=re.S)
+
+
+def page(title: str, body: str, href: str, mode: str, kind: str, extra_head: str = "") -> str:
+    up = "../" * href.count("/")
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="peftlab-mode" content="{mode}">
+<meta name="peftlab-kind" content="{kind}">
+<title>{html.escape(title)} · peftlab</title>
+<link rel="stylesheet" href="{up}assets/style.css">
+<link rel="stylesheet" href="{up}assets/pygments.css">{extra_head}
+</head>
+<body>
+<header class="site"><a class="home" href="{up}index.html">peftlab: full fine-tuning vs parameter-efficient fine-tuning</a>
+<nav><a href="{up}index.html#syllabus">Syllabus</a><a href="{up}guide.html">Instructor guide</a><a href="{up}index.html#comparison">Comparison</a></nav></header>
+<main>
+{body}
+</main>
+<footer>Built by <code>python -m peftlab site</code> in {mode} mode.</footer>
+</body>
+</html>
+"""
+
+
+def _colab_href(nb: Notebook, github: str | None, up: str) -> str:
+    if github:
+        repo, _, branch = github.partition("@")
+        return f"https://colab.research.google.com/github/{repo}/blob/{branch or 'main'}/{nb.path.relative_to(ROOT).as_posix()}"
+    return f"{up}guide.html#on-colab"
+
+
+def _actions(nb: Notebook, github: str | None, up: str) -> str:
+    return (f'<p class="actions"><a class="colab" href="{_colab_href(nb, github, up)}">Open in Colab</a>'
+            f'<a class="download" href="{up}{nb.download}" download>Download the notebook</a>'
+            f'<a class="download" href="{up}downloads/{COURSE_ZIP}" download>Download the course zip</a></p>')
+
+
+def _mode_words(mode: str) -> str:
+    return ("quick mode (<code>PEFTLAB_QUICK=1</code>: shortened runs, as in the tests)" if mode == "quick"
+            else "full mode (the full-size runs)")
+
+
+def notebook_page(nb_item: Notebook, nb, mode: str, github: str | None, link_map: dict, neighbours) -> str:
+    up = "../" * nb_item.href.count("/")
+    if nb_item.kind == "lecture":
+        rec = nb_item.record
+        info = (f'Executed top to bottom in {_mode_words(rec["mode"])} on {rec["executed_at"]}, '
+                f'{rec["seconds"]:.0f} s, peftlab {rec["peftlab"]}. Run it yourself: download it, or open it in Colab.')
+    else:
+        info = (f"The assignment as students receive it (the nbgrader release in <code>exercises/</code>, "
+                f"{nb_item.points:g} points), not executed: answer cells are to be filled in. Solutions and hidden "
+                "tests are not part of it.")
+    prev_item, next_item = neighbours
+    pager = '<nav class="pager">' + (
+        f'<a href="{up}{prev_item.href}">&larr; {html.escape(prev_item.title)}</a>' if prev_item else "<span></span>") + (
+        f'<a href="{up}{next_item.href}">{html.escape(next_item.title)} &rarr;</a>' if next_item else "<span></span>") + "</nav>"
+    body = (f'{_actions(nb_item, github, up)}<p class="page-info" data-mode="{mode}">{info}</p>\n'
+            f'{_rewrite_links(render_cells(nb), nb_item.href, link_map)}\n{pager}')
+    return page(nb_item.title, body, nb_item.href, mode, nb_item.kind)
+
+
+# --------------------------------------------------------------------------------------- comparison
+
+def _package_hash(root: Path = ROOT) -> str:
+    digest = hashlib.sha256()
+    for path in sorted((root / "peftlab").rglob("*.py")) + sorted((root / "peftlab" / "base").glob("*.json")):
+        digest.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def run_compare(mode: str, cache_dir: Path, force: bool = False, log=print) -> Path:
+    """``python -m peftlab compare`` in ``mode``, cached by the package's source; returns its output folder."""
+    out = cache_dir / f"compare.{mode}.{_package_hash()[:16]}"
+    if not force and (out / "done").exists():
+        log(f"  compare: cached ({mode} mode)")
+        return out
+    for old in cache_dir.glob(f"compare.{mode}.*"):
+        shutil.rmtree(old)
+    log(f"  compare: running every method in {mode} mode ...")
+    start = time.time()
+    env = dict(os.environ, MPLBACKEND="Agg")
+    if mode == "quick":
+        env["PEFTLAB_QUICK"] = "1"
+    else:
+        env.pop("PEFTLAB_QUICK", None)
+    subprocess.run([sys.executable, "-m", "peftlab", "compare", "--out", str(out), "--no-progress"], env=env,
+                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    (out / "done").write_text(json.dumps({"mode": mode, "seconds": round(time.time() - start, 1)}) + "\n")
+    log(f"  compare: done in {time.time() - start:.0f} s")
+    return out
+
+
+def _format_cell(value: str) -> tuple[str, bool]:
+    try:
+        number = float(value)
+    except ValueError:
+        return html.escape(value), False
+    if number.is_integer() and abs(number) >= 1:
+        return f"{int(number):,}", True
+    return f"{number:.3g}", True
+
+
+def comparison_section(out: Path, mode: str) -> tuple[str, list[str]]:
+    """The comparison's figures and table as HTML, and the figure files to copy next to index.html."""
+    meta = {}
+    json_files = sorted(out.glob("*.json"))
+    if json_files:
+        meta = json.loads(json_files[0].read_text()).get("meta", {})
+    figures = sorted(p.name for p in out.glob("*.png"))
+    parts = ['<h2 id="comparison">Learning vs forgetting: every method compared</h2>',
+             f"<p>Every registered method fine-tunes the same tiny base on the same target task, measured in "
+             f"{_mode_words(mode)} by <code>{html.escape(meta.get('command', 'python -m peftlab compare'))}</code>"
+             f"{' with PEFTLAB_QUICK=1' if mode == 'quick' else ''}. Learning is the target metric's gain, forgetting the "
+             "source metrics' loss; the lectures explain every column.</p>"]
+    for name in figures:
+        parts.append(f'<figure><img src="compare/{name}" alt="{html.escape(name)}"><figcaption>{html.escape(name)}'
+                     "</figcaption></figure>")
+    for table in sorted(out.glob("*.csv")):
+        with open(table, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows:
+            continue
+        header, body = rows[0], rows[1:]
+        keep = [i for i, name in enumerate(header) if not name.startswith("mem_")]  # the probe's columns: lecture 02
+        head = "".join(f"<th>{html.escape(header[i])}</th>" for i in keep)
+        lines = []
+        for row in body:
+            cells = []
+            for i in keep:
+                text, numeric = _format_cell(row[i] if i < len(row) else "")
+                cells.append(f'<td class="num">{text}</td>' if numeric else f"<td>{text}</td>")
+            lines.append("<tr>" + "".join(cells) + "</tr>")
+        parts.append(f'<div class="output"><table><thead><tr>{head}</tr></thead><tbody>{"".join(lines)}</tbody>'
+                     f"</table></div><p><small>{html.escape(table.name)}</small></p>")
+    return "\n".join(parts), figures
+
+
+# ------------------------------------------------------------------------------------ guide, landing
+
+def guide_markdown(root: Path = ROOT) -> str:
+    """The README's "Syllabus and instructor guide" section (its heading down to the next ``## ``)."""
+    text = (root / "README.md").read_text()
+    start = text.find(GUIDE_HEADING)
+    if start < 0:
+        return ""
+    rest = text[start + len(GUIDE_HEADING):]
+    end = re.search(r"^## ", rest, re.M)
+    return "# Syllabus and instructor guide" + (rest[:end.start()] if end else rest)
+
+
+def _guide_subsection(markdown: str, heading: str) -> str:
+    match = re.search(rf"^### {re.escape(heading)}.*?$(.*?)(?=^### |\Z)", markdown, re.M | re.S)
+    return match.group(0) if match else ""
+
+
+def landing_page(notebooks: list[Notebook], mode: str, github: str | None, compare_html: str, guide: str,
+                 link_map: dict) -> str:
+    lectures = [n for n in notebooks if n.kind == "lecture"]
+    assignments = {n.number: n for n in notebooks if n.kind == "assignment"}
+    rows = []
+    for lecture in lectures:
+        a = assignments.pop(lecture.number, None)
+        rec = lecture.record
+        assignment_cell = (f'<a href="{a.href}">{html.escape(a.title)}</a> ({a.points:g} points)<br>'
+                           f'<small><a href="{_colab_href(a, github, "")}">Colab</a> · '
+                           f'<a href="{a.download}" download>download</a></small>') if a else "-"
+        rows.append(f'<tr><td>{lecture.number}</td><td><a href="{lecture.href}">{html.escape(lecture.title)}</a><br>'
+                    f'<small><a href="{_colab_href(lecture, github, "")}">Colab</a> · '
+                    f'<a href="{lecture.download}" download>download</a> · ran {rec["seconds"]:.0f} s in {rec["mode"]} mode'
+                    f"</small></td><td>{assignment_cell}</td></tr>")
+    for a in assignments.values():  # an assignment without a lecture of its number
+        rows.append(f'<tr><td>{a.number}</td><td>-</td><td><a href="{a.href}">{html.escape(a.title)}</a> '
+                    f"({a.points:g} points)</td></tr>")
+    schedule = _guide_subsection(guide, "Schedule")
+    body = f"""<h1>Full fine-tuning vs parameter-efficient fine-tuning</h1>
+<p>A course in Jupyter notebooks: every method is built from scratch, checked against a small readable
+PyTorch package (<code>peftlab</code>), and measured: how much the model learns, how much it forgets, and what it
+costs in parameters, bytes and seconds. Everything runs offline on a laptop CPU, on a tiny world the package
+makes itself. These pages show every lecture executed, in {_mode_words(mode)}; the assignments are shown as
+students receive them.</p>
+<p class="actions"><a href="guide.html">Syllabus and instructor guide</a><a href="downloads/{COURSE_ZIP}" download>Download the course zip</a></p>
+<h2 id="syllabus">Syllabus</h2>
+<table><thead><tr><th>#</th><th>lecture</th><th>assignment (auto-graded)</th></tr></thead>
+<tbody>{"".join(rows)}</tbody></table>
+<p>On Colab: download the notebook and the course zip, upload the notebook (File &gt; Upload notebook) and the
+zip (Files panel), and run the first cell (<a href="guide.html#on-colab">details</a>).</p>
+{_rewrite_links(render_markdown(schedule), "index.html", link_map) if schedule else ""}
+{compare_html}
+"""
+    return page("Course", body, "index.html", mode, "index")
+
+
+# ------------------------------------------------------------------------------------------ downloads
+
+def course_files(root: Path = ROOT) -> list[Path]:
+    """What the course zip holds: git's tracked files under COURSE_ZIP_PATHS (a plain walk outside git)."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--", *COURSE_ZIP_PATHS], cwd=root, check=True,
+                                capture_output=True).stdout.decode().split("\0")
+        files = [root / name for name in listed if name and (root / name).is_file()]
+    except (OSError, subprocess.CalledProcessError):
+        files = []
+    if not files:
+        for name in COURSE_ZIP_PATHS:
+            path = root / name
+            files += [path] if path.is_file() else [p for p in sorted(path.rglob("*")) if p.is_file()
+                                                    and "__pycache__" not in p.parts and ".egg-info" not in str(p)
+                                                    and ".ipynb_checkpoints" not in p.parts]
+    return sorted(files)
+
+
+def make_course_zip(dest: Path, root: Path = ROOT) -> Path:
+    """``peftlab-course.zip``: one top folder with the package, lectures and released assignments; pip installs it."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in course_files(root):
+            info = zipfile.ZipInfo(f"peftlab-course/{path.relative_to(root).as_posix()}", (2026, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, path.read_bytes())
+    return dest
+
+
+# -------------------------------------------------------------------------- never publish a solution
+
+def _normalize(line: str) -> str:
+    return re.sub(r"\s+", " ", line).strip()
+
+
+def solution_lines(root: Path = ROOT, min_length: int = 10) -> set[str]:
+    """Lines that only the solutions hold: between ``### BEGIN SOLUTION``/``### END SOLUTION`` and
+    ``### BEGIN HIDDEN TESTS``/``### END HIDDEN TESTS``, and whole solution cells without markers
+    (written answers), less lines that the public notebooks (lectures, releases) also hold."""
+    import nbformat
+
+    secret: set[str] = set()
+    for path in sorted((root / "solutions").rglob("*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            lines = cell.source.splitlines()
+            meta = cell.metadata.get("nbgrader", {})
+            inside = False
+            marked = any("BEGIN SOLUTION" in ln or "BEGIN HIDDEN TESTS" in ln for ln in lines)
+            for line in lines:
+                if "BEGIN SOLUTION" in line or "BEGIN HIDDEN TESTS" in line:
+                    inside = True
+                elif "END SOLUTION" in line or "END HIDDEN TESTS" in line:
+                    inside = False
+                elif inside or (meta.get("solution") and not marked):
+                    secret.add(_normalize(line))
+    public: set[str] = set()
+    for folder in ("lectures", "exercises"):
+        for path in sorted((root / folder).rglob("*.ipynb")):
+            for cell in nbformat.read(path, as_version=4).cells:
+                public |= {_normalize(ln) for ln in cell.source.splitlines()}
+    return {s for s in secret - public if len(s) >= min_length and re.search(r"[A-Za-z]", s)}
+
+
+class _TextOf(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag, attrs):
+        self._skip += tag in ("script", "style")
+
+    def handle_endtag(self, tag):
+        self._skip -= tag in ("script", "style") and self._skip > 0
+
+    def handle_data(self, data):
+        if not self._skip:
+            self.parts.append(data)
+
+
+def html_text(markup: str) -> str:
+    parser = _TextOf()
+    parser.feed(markup)
+    return "".join(parser.parts)
+
+
+def leaks_in_text(text: str, secrets: set[str]) -> list[str]:
+    """Secrets that ``text`` shows: as a whole line, or (long ones) anywhere inside."""
+    lines = {_normalize(line) for line in text.splitlines()}
+    flat = _normalize(text)
+    return sorted(s for s in secrets if s in lines or (len(s) >= 40 and s in flat))
+
+
+def _texts(path: Path):
+    """(name, text) of a site file; a zip gives each member (and flags solutions/ and tests/ members)."""
+    suffix = path.suffix.lower()
+    if suffix == ".zip":
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                parts = name.split("/")
+                if "solutions" in parts[:2] or "tests" in parts[:2]:
+                    yield f"{path.name}:{name}", "### BEGIN SOLUTION (a solutions/ or tests/ file)"
+                if name.endswith((".py", ".ipynb", ".md", ".txt", ".json", ".html", ".toml", ".cfg")):
+                    yield f"{path.name}:{name}", archive.read(name).decode("utf-8", "replace")
+    elif suffix in (".html", ".htm"):
+        yield path.name, html_text(path.read_text(errors="replace"))
+    elif suffix == ".ipynb":
+        nb = json.loads(path.read_text())
+        yield path.name, "\n".join(_text(c.get("source", "")) for c in nb.get("cells", []))
+    elif suffix in (".py", ".md", ".txt", ".json", ".csv", ".css", ".js", ".svg"):
+        yield path.name, path.read_text(errors="replace")
+
+
+def find_leaks(site_dir: Path, secrets: set[str]) -> list[tuple[str, str]]:
+    """Every (file, solution line) that the built site shows, in pages, downloads and the zip."""
+    found = []
+    for path in sorted(site_dir.rglob("*")):
+        if not path.is_file() or ".cache" in path.relative_to(site_dir).parts:
+            continue
+        for name, text in _texts(path):
+            rel = path.relative_to(site_dir).as_posix() + name[len(path.name):]
+            if "BEGIN SOLUTION" in text or "BEGIN HIDDEN TESTS" in text:
+                found.append((rel, "an nbgrader solution or hidden-test marker"))
+            found += [(rel, s) for s in leaks_in_text(text, secrets)]
+    return found
+
+
+# ------------------------------------------------------------------------------------------- chromium
+
+def chromium_binary() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def screenshot(url: str, dest: Path, width: int = 1100, height: int = 1400) -> Path:
+    """A PNG of ``url`` by headless Chromium (Debian's ``chromium`` package), in a fresh profile."""
+    binary = chromium_binary()
+    if binary is None:
+        raise FileNotFoundError("no chromium found: apt-get install -y chromium chromium-driver")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="peftlab-chromium-") as profile:
+        subprocess.run([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
+                        f"--screenshot={dest}", url], check=True, capture_output=True, timeout=120)
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------- build
+
+def _github_default() -> str | None:
+    try:
+        url = subprocess.run(["git", "remote", "get-url", "origin"], cwd=ROOT, capture_output=True, text=True).stdout
+    except OSError:
+        return None
+    match = re.search(r"github\.com[:/]([\w.-]+/[\w.-]+?)(?:\.git)?\s*$", url)
+    return match.group(1) if match else None
+
+
+def build_site(out_dir: Path = SITE_DIR, mode: str | None = None, force: bool = False, github: str | None = None,
+               readme_images: Path | None = None, cache_dir: Path | None = None, log=print) -> dict:
+    """Build the site into ``out_dir``; returns the build record (also written as ``build.json``)."""
+    from .utils import is_quick
+
+    mode = mode or ("quick" if is_quick() else "full")
+    if mode not in ("quick", "full"):
+        raise ValueError(f"mode must be 'quick' or 'full', not {mode!r}")
+    github = github or _github_default()
+    out_dir = Path(out_dir)
+    cache_dir = Path(cache_dir) if cache_dir else out_dir / ".cache"
+    start = time.time()
+    log(f"building the course site in {mode} mode into {out_dir}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.iterdir():  # a fresh site every time; the execution cache stays
+        if old.name != ".cache" and old.resolve() != cache_dir.resolve():
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+    notebooks = course_notebooks()
+    link_map = {}
+    for item in notebooks:
+        link_map[item.path.relative_to(ROOT).as_posix()] = item.href
+        link_map.setdefault(item.path.name, item.href)
+    link_map["README.md"] = "guide.html"
+    executed = {}
+    for item in notebooks:
+        if item.kind == "lecture":
+            executed[item.path], item.record = execute(item.path, mode, cache_dir, force, log)
+    compare_out = run_compare(mode, cache_dir, force, log)
+
+    import nbformat
+
+    lectures = [n for n in notebooks if n.kind == "lecture"]
+    assignments = [n for n in notebooks if n.kind == "assignment"]
+    for group in (lectures, assignments):
+        for i, item in enumerate(group):
+            nb = executed.get(item.path) or nbformat.read(item.path, as_version=4)
+            neighbours = (group[i - 1] if i else None, group[i + 1] if i + 1 < len(group) else None)
+            target = out_dir / item.href
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(notebook_page(item, nb, mode, github, link_map, neighbours))
+            download = out_dir / item.download
+            download.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(item.path, download)
+
+    guide = guide_markdown()
+    guide_body = _rewrite_links(render_markdown(guide or "# Syllabus and instructor guide\n\n(see the README)"),
+                                "guide.html", link_map)
+    (out_dir / "guide.html").write_text(page("Syllabus and instructor guide", guide_body, "guide.html", mode, "guide"))
+    compare_html, figures = comparison_section(compare_out, mode)
+    (out_dir / "compare").mkdir(exist_ok=True)
+    for name in figures:
+        shutil.copyfile(compare_out / name, out_dir / "compare" / name)
+    (out_dir / "index.html").write_text(landing_page(notebooks, mode, github, compare_html, guide, link_map))
+
+    (out_dir / "assets").mkdir(exist_ok=True)
+    shutil.copyfile(ASSETS / "style.css", out_dir / "assets" / "style.css")
+    from pygments.formatters import HtmlFormatter
+
+    (out_dir / "assets" / "pygments.css").write_text(HtmlFormatter().get_style_defs(".highlight"))
+    make_course_zip(out_dir / "downloads" / COURSE_ZIP)
+    (out_dir / ".nojekyll").write_text("")
+
+    leaks = find_leaks(out_dir, solution_lines())
+    if leaks:
+        shown = "\n".join(f"  {where}: {line}" for where, line in leaks[:10])
+        raise RuntimeError(f"the site would publish solution or hidden-test text ({len(leaks)} finds):\n{shown}")
+    record = {"mode": mode, "seconds": round(time.time() - start, 1), "github": github,
+              "built_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "lectures": {n.path.name: {k: n.record[k] for k in ("seconds", "executed_at", "cached", "mode")}
+                           for n in lectures},
+              "assignments": [n.path.relative_to(ROOT).as_posix() for n in assignments]}
+    (out_dir / "build.json").write_text(json.dumps(record, indent=1) + "\n")
+    if readme_images:
+        readme_images = Path(readme_images)
+        readme_images.mkdir(parents=True, exist_ok=True)
+        if "learning_vs_forgetting.png" in figures:
+            shutil.copyfile(out_dir / "compare" / "learning_vs_forgetting.png", readme_images / "learning_vs_forgetting.png")
+        shown_lecture = next((n for n in lectures if "lora" in n.path.stem), lectures[0])
+        screenshot((out_dir / shown_lecture.href).resolve().as_uri(), readme_images / "lecture_page.png")
+        log(f"  README images: {readme_images}/learning_vs_forgetting.png, {readme_images}/lecture_page.png")
+    executed_now = sum(not n.record["cached"] for n in lectures)
+    log(f"built {len(lectures)} lectures ({executed_now} executed, {len(lectures) - executed_now} cached) and "
+        f"{len(assignments)} assignments in {record['seconds']:.0f} s: open {out_dir / 'index.html'}")
+    return record
