@@ -1,10 +1,12 @@
 """Command line: ``python -m peftlab <command>``.
 
   compare      every registered method on the tiny world: learning, forgetting and cost
+  sweep        learning-rate sweep over methods, rates and seeds (records for the frontier)
   pretrain     re-create the tiny base model (tokenizer + weights) in peftlab/base/
   report       what the base knows: source recall per attribute, English perplexity, task metrics
   memory       bytes of one training step by bucket, and whether it fits on common GPUs
   methods      list the registered methods
+  distributed  train a method on N processes (torchrun; DDP and FSDP2): bytes per rank, measured vs ZeRO
   english-text re-create peftlab/data/english.txt from CPython's bundled language reference
   site         build the course website (lectures executed, assignments as released) into _site/
 """
@@ -21,10 +23,45 @@ def _cmd_compare(args) -> int:
     from .compare import CompareConfig, compare
     from .utils import is_quick
 
-    steps = args.steps if args.steps is not None else (30 if is_quick() else 150)
+    steps = args.steps if args.steps is not None else (20 if is_quick() else CompareConfig.steps)
     cfg = CompareConfig(task=args.task, steps=steps, batch_size=args.batch_size, seed=args.seed, model=args.model)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     compare(cfg, methods, out_dir=args.out, progress=not args.no_progress)
+    return 0
+
+
+def _cmd_sweep(args) -> int:
+    from pathlib import Path
+
+    from .sweep import REFERENCE, REFERENCE_PATH, SweepConfig, command_line, sweep
+
+    if args.reference:
+        cfg, out = REFERENCE, Path(args.out or REFERENCE_PATH)
+        cfg = SweepConfig(**{**cfg.__dict__, "workers": args.workers})
+    else:
+        cfg = SweepConfig(methods=[m.strip() for m in args.methods.split(",")], task=args.task,
+                          seeds=list(range(args.seeds)), steps=args.steps, workers=args.workers)
+        if args.lrs and not args.lrs.isdigit():  # "full=1e-4,1e-3;lora=1e-3"
+            cfg.lrs = {}
+            for part in args.lrs.split(";"):
+                name, _, values = part.partition("=")
+                if not values:
+                    raise ValueError(f"--lrs takes a count (5) or explicit rates like 'full=1e-4,1e-3;lora=3e-3', "
+                                     f"not {args.lrs!r}")
+                cfg.lrs[name.strip()] = [float(v) for v in values.split(",")]
+        elif args.lrs:
+            cfg.n_lrs = int(args.lrs)
+        if args.checkpoints:
+            cfg.checkpoints = [int(c) for c in args.checkpoints.split(",")]
+        elif args.eval_every:
+            cfg.checkpoints = list(range(args.eval_every, args.steps + 1, args.eval_every))
+        else:
+            cfg.checkpoints = sorted({c for c in cfg.checkpoints if c < args.steps} | {args.steps})
+        out = Path(args.out or "results/sweep.jsonl")
+    records = sweep(cfg, out, command=command_line(cfg, out) if not args.reference else
+                    "python -m peftlab sweep --reference", progress=not args.no_progress)
+    finals = [r for r in records if r.get("final")]
+    print(f"{len(finals)} finished runs in {out}")
     return 0
 
 
@@ -81,6 +118,16 @@ def _cmd_memory(args) -> int:
     return 0
 
 
+def _cmd_distributed(args) -> int:
+    from .distributed import launch
+
+    argv = ["--method", args.method, "--strategy", args.strategy, "--steps", str(args.steps),
+            "--batch-size", str(args.batch_size), "--dtype", args.dtype]
+    if args.out:
+        argv += ["--out", args.out] + (["--save-lora"] if args.save_lora else [])
+    return launch(args.nproc, argv).returncode
+
+
 def _cmd_english(args) -> int:
     print(f"wrote {world.extract_english_text()} paragraphs")
     return 0
@@ -104,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("compare", help="compare every registered method on the tiny world")
     p.add_argument("--task", default="new_people", choices=list(world.TASKS), help="target task")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps per method (default 150; 30 with PEFTLAB_QUICK=1)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per method (default: CompareConfig's 50; 20 with PEFTLAB_QUICK=1)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="tiny", help="base model: 'tiny' or a local folder")
@@ -112,6 +159,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results", help="folder for compare.csv, compare.json and the plot")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(fn=_cmd_compare)
+
+    p = sub.add_parser("sweep", help="learning-rate sweep: methods x rates x seeds, learning and forgetting "
+                       "at every checkpoint (resumes)")
+    p.add_argument("--methods", default="full,lora", help="comma-separated method names")
+    p.add_argument("--lrs", default=None, help="rates per method: a count (log-spaced over two decades around "
+                   "the method's grid centre; default 5) or explicit 'full=1e-4,1e-3;lora=3e-3'")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--steps", type=int, default=100, help="length of every run (default 100)")
+    p.add_argument("--eval-every", type=int, default=None, help="a checkpoint every this many steps")
+    p.add_argument("--checkpoints", default=None, help="comma-separated checkpoint steps (default 10,25,50,100)")
+    p.add_argument("--task", default="new_people", choices=list(world.TASKS))
+    p.add_argument("--workers", type=int, default=2, help="runs side by side, one process each (default 2)")
+    p.add_argument("--out", default=None, help="JSON-lines file of records (default results/sweep.jsonl; "
+                   "re-running resumes it)")
+    p.add_argument("--reference", action="store_true", help="run the committed reference sweep "
+                   "(peftlab/sweeps/reference.jsonl)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(fn=_cmd_sweep)
 
     p = sub.add_parser("pretrain", help="re-create the tiny base model")
     p.add_argument("--steps", type=int, default=1000)
@@ -138,6 +203,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", type=int, default=1, help="data-parallel devices ZeRO shards over")
     p.add_argument("--attention", default="sdpa", choices=["sdpa", "eager"])
     p.set_defaults(fn=_cmd_memory)
+
+    p = sub.add_parser("distributed", help="train on N processes with DDP and FSDP2; bytes per rank vs ZeRO")
+    p.add_argument("--method", default="lora", help="registered method(s), comma-separated")
+    p.add_argument("--nproc", type=int, default=2, help="processes (ranks): GPUs, or CPU processes with gloo")
+    p.add_argument("--strategy", default="all", help="ddp, fsdp-zero2, fsdp-zero3 (comma-separated) or all")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=8, help="global batch, divisible by --nproc")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--out", default=None, help="folder for each run's weights and per-rank bytes")
+    p.add_argument("--save-lora", action="store_true", help="save LoRA adapters from the sharded model to --out")
+    p.set_defaults(fn=_cmd_distributed)
 
     sub.add_parser("methods", help="list registered methods").set_defaults(fn=_cmd_methods)
     sub.add_parser("english-text", help="re-create peftlab/data/english.txt").set_defaults(fn=_cmd_english)
