@@ -16,6 +16,7 @@ in a fresh virtual environment.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
 import sys
@@ -98,16 +99,18 @@ def _dist_name(requirement: str) -> str:
     return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 
 
-def extra_modules(extra: str = COURSE_EXTRA, root: Path = ROOT) -> set[str]:
+@functools.lru_cache(maxsize=None)
+def extra_modules(extra: str = COURSE_EXTRA, root: Path = ROOT) -> frozenset[str]:
     """Import names provided only by ``extra`` (not by peftlab's own dependencies)."""
     import tomllib
 
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     base = {_dist_name(r) for r in project["dependencies"]}
-    return {_dist_name(r).replace("-", "_") for r in optional_extras(root)[extra] if _dist_name(r) not in base}
+    return frozenset(_dist_name(r).replace("-", "_") for r in optional_extras(root)[extra] if _dist_name(r) not in base)
 
 
-def functions_needing(modules: set[str], root: Path = ROOT) -> dict[str, str]:
+@functools.lru_cache(maxsize=None)
+def functions_needing(modules: frozenset[str], root: Path = ROOT) -> dict[str, str]:
     """peftlab functions that import one of ``modules`` inside their body: {function name: module}.
 
     A notebook that calls one (``memory.adamw_8bit`` needs bitsandbytes) needs that module installed

@@ -12,3 +12,5 @@ fi
 .venv/bin/python -m pip install --quiet -r requirements.txt
 .venv/bin/python -m pip install --quiet --no-deps -e .
 .venv/bin/python -c "import peftlab, torch, transformers; print('peftlab', peftlab.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
+# the course website's browser test (tests/test_site.py) needs Debian's Chromium, installed as root (.ci/run does it)
+command -v chromedriver >/dev/null || echo "note: for the site's browser test, as root: apt-get update && apt-get install -y chromium chromium-driver"
