@@ -25,39 +25,60 @@ from .utils import ParamCount, count_parameters, format_bytes, get_device, set_s
 
 @dataclass
 class CompareConfig:
+    """The one shared budget of every comparison: ``compare``, the sweep and the lectures use it."""
+
     task: str = "new_people"  # target task (see peftlab.world.TASKS)
-    steps: int = 150  # optimizer steps per method
+    steps: int = 50  # optimizer steps per method (the sweep's checkpoints go to twice this)
     batch_size: int = 16  # examples per step
     n_train: int = 2000  # training examples drawn from the task's generator
     seed: int = 0  # data, initialisation and order
     model: str = "tiny"  # base model name (see peftlab.models.load_base)
+    schedule: str = "constant"  # after warm-up: a checkpoint after k steps equals a k-step run
+
+    def train_config(self, method_name: str, lr: float | None = None, **overrides) -> TrainConfig:
+        """The training config of ``method_name`` at this budget: its chosen rate (or ``lr``) and its
+        registered train options (weight decay, replay)."""
+        method = get_method(method_name)
+        options = dict(method.train_options)
+        options.update(overrides)
+        return TrainConfig(steps=self.steps, batch_size=self.batch_size, seed=self.seed, schedule=self.schedule,
+                           lr=method.lr if lr is None else lr, **options)
 
 
-def run_method(name: str, cfg: CompareConfig, examples, task, before: evaluate.Evaluation, progress=True) -> dict:
+def prepare_model(name: str, cfg: CompareConfig, total_steps: int | None = None, device=None):
+    """A fresh base with method ``name`` applied, seeded by ``cfg.seed``; returns (model, tokenizer)."""
     method = get_method(name)
-    device = get_device(verbose=False)
     set_seed(cfg.seed)
-    model, tokenizer = load_base(cfg.model, device=device)
+    model, tokenizer = load_base(cfg.model, device=device or get_device(verbose=False))
     # Methods that look at data before training (the Fisher mask) name their task in a ``task`` field:
     # the comparison fills it in, so every method sees the same task. Methods whose schedule depends on
     # the length of training (AdaLoRA's rank budget) get it in a ``total_step`` field.
     option_names = {f.name for f in fields(method.config_cls)}
-    overrides = {k: v for k, v in (("task", cfg.task), ("seed", cfg.seed), ("total_step", cfg.steps))
-                 if k in option_names}
-    model = method.apply(model, **overrides)
+    overrides = {k: v for k, v in (("task", cfg.task), ("seed", cfg.seed),
+                                   ("total_step", total_steps or cfg.steps)) if k in option_names}
+    return method.apply(model, **overrides), tokenizer
+
+
+def trainable_count(model) -> ParamCount:
+    """Trainable parameters, counting a sparse mask's entries rather than the tensors it lives in."""
     params = count_parameters(model)
     mask_hook = get_mask_hook(model)
     if mask_hook is not None:  # a sparse mask trains only its entries, though whole tensors hold gradients
         params = ParamCount(mask_size(mask_hook.masks), params.total)
+    return params
+
+
+def run_method(name: str, cfg: CompareConfig, examples, task, before: evaluate.Evaluation, progress=True) -> dict:
+    method = get_method(name)
+    model, tokenizer = prepare_model(name, cfg)
+    params = trainable_count(model)
     # The memory probe: one real step on the loop's first batch, weights restored afterwards.
     memory = measure_training_memory(model, tokenizer, examples, batch_size=cfg.batch_size, seed=cfg.seed,
                                      mixed_precision=True)
     row = {"method": name, "family": method.family, "trainable": params.trainable, "total": params.total,
            "trainable_pct": params.percent, "lr": method.lr, "steps": cfg.steps if method.trains else 0}
     if method.trains:
-        result = train(model, tokenizer, examples,
-                       TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=method.lr, seed=cfg.seed),
-                       progress=progress, desc=name)
+        result = train(model, tokenizer, examples, cfg.train_config(name), progress=progress, desc=name)
         after = evaluate.evaluate_model(model, tokenizer, task)
         row.update(seconds_per_step=result.seconds_per_step, tokens_per_second=result.tokens_per_second,
                    grad_bytes=result.grad_bytes, optimizer_bytes=result.optimizer_state_bytes,

@@ -38,19 +38,41 @@ def collate(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def batches(tokenizer, examples: Sequence[Example], batch_size: int, seed: int | None = 0,
-            max_length: int = 256) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless stream of shuffled, padded batches (reshuffled every pass; ``seed=None`` keeps order)."""
-    encoded = [encode_example(tokenizer, ex, max_length) for ex in examples]
+def _encoded_batches(encoded: Sequence, batch_size: int, seed: int | None) -> Iterator[list]:
     rng = random.Random(seed)
     order = list(range(len(encoded)))
     while True:
         if seed is not None:
             rng.shuffle(order)
         for start in range(0, len(order) - batch_size + 1, batch_size):
-            yield collate([encoded[i] for i in order[start:start + batch_size]], tokenizer.pad_token_id)
+            yield [encoded[i] for i in order[start:start + batch_size]]
         if len(order) < batch_size:
-            yield collate([encoded[i] for i in order], tokenizer.pad_token_id)
+            yield [encoded[i] for i in order]
+
+
+def batches(tokenizer, examples: Sequence[Example], batch_size: int, seed: int | None = 0,
+            max_length: int = 256, replay: Sequence[Example] = (), replay_fraction: float = 0.0
+            ) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless stream of shuffled, padded batches (reshuffled every pass; ``seed=None`` keeps order).
+
+    With ``replay_fraction`` > 0, ``round(replay_fraction * batch_size)`` rows of every batch come from
+    ``replay`` (source data the base was trained on, mixed in against forgetting) and the rest from
+    ``examples``; each stream is shuffled on its own.
+    """
+    encoded = [encode_example(tokenizer, ex, max_length) for ex in examples]
+    n_replay = round(replay_fraction * batch_size)
+    if not n_replay:
+        for rows in _encoded_batches(encoded, batch_size, seed):
+            yield collate(rows, tokenizer.pad_token_id)
+        return
+    if not replay or n_replay >= batch_size:
+        raise ValueError(f"replay_fraction {replay_fraction} needs replay examples and must leave room "
+                         f"for target rows in a batch of {batch_size}")
+    replayed = [encode_example(tokenizer, ex, max_length) for ex in replay]
+    target_stream = _encoded_batches(encoded, batch_size - n_replay, seed)
+    replay_stream = _encoded_batches(replayed, n_replay, None if seed is None else seed + 1)
+    for rows, replay_rows in zip(target_stream, replay_stream):
+        yield collate(rows + replay_rows, tokenizer.pad_token_id)
 
 
 def pack(token_streams: Sequence[list[int]], block_size: int) -> torch.Tensor:

@@ -100,8 +100,10 @@ def perplexity(model, tokenizer, texts: Sequence[str], max_length: int = 256, ba
     return math.exp(total_nll / max(total_tokens, 1))
 
 
-def task_metric(model, tokenizer, task: world.Task, examples: Sequence[Example] | None = None) -> float:
-    examples = task.eval_examples() if examples is None else examples
+def task_metric(model, tokenizer, task: world.Task, examples: Sequence[Example] | None = None,
+                split: str = "test") -> float:
+    """The task's metric on ``examples`` (default: its held-out ``split``, ``"test"`` or ``"validation"``)."""
+    examples = task.eval_examples(split=split) if examples is None else examples
     if task.metric == "exact_match":
         return exact_match(model, tokenizer, examples)
     if task.metric == "accuracy":
@@ -138,16 +140,22 @@ def recall_by_attribute(model, tokenizer, people: Sequence[world.Person]) -> dic
 class Evaluation:
     """Metrics of one model on one target task and the source knowledge."""
 
-    target: float
+    target: float  # the task's metric on held-out examples (the test split unless asked otherwise)
     source: dict[str, float]
+    memorization: float | None = None  # knowledge tasks: recall of the trained questions
 
 
 def evaluate_model(model, tokenizer, task: world.Task, n_people: int | None = None, *,
-                   n_target: int | None = None, n_paragraphs: int | None = N_PPL_PARAGRAPHS) -> Evaluation:
-    """The target metric (on the task's first ``n_target`` evaluation examples; default: its whole
-    evaluation set) and the source metrics (``source_metrics``); smaller numbers for quicker samples."""
-    examples = None if n_target is None else task.eval_examples(n_target)
-    return Evaluation(task_metric(model, tokenizer, task, examples), source_metrics(model, tokenizer, n_people, n_paragraphs))
+                   n_target: int | None = None, n_paragraphs: int | None = N_PPL_PARAGRAPHS,
+                   split: str = "test") -> Evaluation:
+    """The target metric on the task's held-out ``split`` (its first ``n_target`` examples; default:
+    the task's standard evaluation size), memorization for knowledge tasks, and the source metrics
+    (``source_metrics``); smaller numbers for quicker samples."""
+    examples = task.eval_examples(split=split) if n_target is None else task.eval_examples(n_target, split=split)
+    trained = task.memorization_examples()
+    return Evaluation(task_metric(model, tokenizer, task, examples),
+                      source_metrics(model, tokenizer, n_people, n_paragraphs),
+                      exact_match(model, tokenizer, trained) if trained else None)
 
 
 def learning_and_forgetting(before: Evaluation, after: Evaluation) -> dict[str, float]:

@@ -53,8 +53,13 @@ def tokenizer_corpus(seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     texts = [world.biography(p, rng) for p in world.source_people() + world.new_people()]
     texts += [ex.prompt + ex.target for ex in world.qa_examples(world.source_people())]
-    for task in world.TASKS.values():
-        texts += [ex.prompt + ex.target for ex in task.train_examples(200, seed)]
+    # Task text exactly as when the committed base was made (the tasks' training generators have since
+    # been split into train/validation/test), so `pretrain` still re-creates the same tokenizer.
+    sentiment_rng = random.Random(seed)
+    task_text = (world.knowledge_documents(world.new_people(), n_bios_each=4, seed=seed)[:200]
+                 + world.get_task("addition").train_examples(200, seed)
+                 + [world.sentiment_example(sentiment_rng) for _ in range(200)])
+    texts += [ex.prompt + ex.target for ex in task_text]
     texts += world.english_paragraphs("train")
     return texts
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import random
 import re
 import unicodedata
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,15 +162,31 @@ def knowledge_documents(people: list[Person], n_bios_each: int, seed: int) -> li
     return docs
 
 
+def source_documents(seed: int = 0, n_bios_each: int = 1) -> list[Example]:
+    """Data like the base's pretraining data, for replay: fresh biographies of the source people,
+    their questions, and the English training paragraphs (never the held-out ones)."""
+    docs = knowledge_documents(source_people(), n_bios_each, seed)
+    docs += [Example("", para) for para in english_paragraphs("train")]
+    random.Random(seed).shuffle(docs)
+    return docs
+
+
 # --------------------------------------------------------------------------------- target tasks
+
+
+SPLITS = ("validation", "test")  # held-out evaluation splits: choose rates on one, report the other
 
 
 @dataclass
 class Task:
-    """A target task: a seeded generator of training examples, a fixed eval set and a metric.
+    """A target task: a seeded generator of training examples, held-out evaluation splits and a metric.
 
+    Three disjoint splits (a test proves it for every task): ``train_examples`` (what is fine-tuned
+    on), ``eval_examples(split="validation")`` (what learning rates are chosen on) and
+    ``eval_examples(split="test")`` (what is reported). No evaluation example appears in training.
     ``metric`` is ``"exact_match"`` (greedy decoding reproduces the target) or ``"accuracy"`` (the
-    best-scored of ``choices`` is the target).
+    best-scored of ``choices`` is the target). ``make_memorization`` (knowledge tasks only) gives the
+    trained questions, whose recall is reported beside learning as memorization.
     """
 
     name: str
@@ -177,38 +194,84 @@ class Task:
     description: str
     metric: str
     make_train: object = field(repr=False)  # (n, seed) -> list[Example]
-    make_eval: object = field(repr=False)  # (n, seed) -> list[Example]
+    make_eval: object = field(repr=False)  # (split, n, seed) -> list[Example]
+    make_memorization: object = field(default=None, repr=False)  # () -> list[Example] or None
 
     def train_examples(self, n: int, seed: int = 0) -> list[Example]:
         return self.make_train(n, seed)
 
-    def eval_examples(self, n: int = 200, seed: int = 10_000) -> list[Example]:
-        return self.make_eval(n, seed)
+    def eval_examples(self, n: int | None = 200, seed: int = 10_000, split: str = "test") -> list[Example]:
+        """The first ``n`` examples (``None``: all; fewer if the split is smaller) of a held-out split."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r} "
+                             "(training examples come from train_examples)")
+        return self.make_eval(split, n, seed)
+
+    def memorization_examples(self) -> list[Example]:
+        """Trained questions (knowledge tasks), or an empty list when the task has none."""
+        return self.make_memorization() if self.make_memorization else []
+
+
+def _stable_bucket(text: str, buckets: int = 5) -> int:
+    """A hash of ``text`` that is the same in every process (Python's ``hash`` of a str is not)."""
+    return zlib.crc32(text.encode()) % buckets
+
+
+# Knowledge injection, split as in Allen-Zhu & Li (Part 3.1): the biographies of *all* new people are
+# trained on, and the questions of only the first half; learning is measured on the questions of the
+# others (extraction: answering a question about a fact seen only in biographies), on a validation and
+# a test quarter of the people. Recall on the trained questions is reported as memorization.
+N_QA_TRAINED = N_NEW_PEOPLE // 2
+N_VALIDATION_PEOPLE = N_NEW_PEOPLE // 4
+
+
+def new_people_split(split: str) -> list[Person]:
+    """``"train"`` (questions trained on), ``"validation"`` or ``"test"`` (questions held out)."""
+    people = new_people()
+    bounds = {"train": (0, N_QA_TRAINED), "validation": (N_QA_TRAINED, N_QA_TRAINED + N_VALIDATION_PEOPLE),
+              "test": (N_QA_TRAINED + N_VALIDATION_PEOPLE, N_NEW_PEOPLE)}
+    if split not in bounds:
+        raise ValueError(f"split must be one of {', '.join(bounds)}, not {split!r}")
+    return people[slice(*bounds[split])]
 
 
 def _new_people_train(n: int, seed: int) -> list[Example]:
-    docs = knowledge_documents(new_people(), n_bios_each=4, seed=seed)
     rng = random.Random(seed)
+    docs = [Example("", biography(p, rng)) for p in new_people() for _ in range(4)]
+    docs += qa_examples(new_people_split("train"))
+    rng.shuffle(docs)
     return [docs[i % len(docs)] if i < len(docs) else rng.choice(docs) for i in range(n)]
 
 
-def _new_people_eval(n: int, seed: int) -> list[Example]:
-    return qa_examples(new_people())[:n]
+def _new_people_eval(split: str, n: int | None, seed: int) -> list[Example]:
+    return qa_examples(new_people_split(split))[:n]
 
 
 def addition_example(a: int, b: int) -> Example:
     return Example(f"Compute: {a} + {b} =", f" {a + b}\n")
 
 
-def _addition_pairs(seed: int, n: int, held_out: bool) -> list[Example]:
-    # Pairs with (a * 7 + b) % 5 == 0 are held out for evaluation: the test set never leaks into training.
+def _addition_split(a: int, b: int) -> str:
+    # Pairs with (a * 7 + b) % 5 == 0 are held out (a fifth of them), halved by the parity of a + b.
+    if (a * 7 + b) % 5:
+        return "train"
+    return "validation" if (a + b) % 2 == 0 else "test"
+
+
+def _addition_train(n: int, seed: int) -> list[Example]:
     rng = random.Random(seed)
     out = []
     while len(out) < n:
         a, b = rng.randint(0, 49), rng.randint(0, 49)
-        if ((a * 7 + b) % 5 == 0) == held_out:
+        if _addition_split(a, b) == "train":
             out.append(addition_example(a, b))
     return out
+
+
+def _addition_eval(split: str, n: int | None, seed: int) -> list[Example]:
+    pairs = [(a, b) for a in range(50) for b in range(50) if _addition_split(a, b) == split]
+    random.Random(seed).shuffle(pairs)  # every held-out pair once, in a seeded order
+    return [addition_example(a, b) for a, b in pairs[:n]]
 
 
 POSITIVE = ["good", "great", "lovely", "wonderful", "excellent", "pleasant", "superb", "delightful"]
@@ -227,21 +290,41 @@ def sentiment_example(rng: random.Random) -> Example:
     return Example(f"Review: {text}\nSentiment:", LABELS[0] if positive else LABELS[1], LABELS)
 
 
-def _sentiment(n: int, seed: int) -> list[Example]:
+def _sentiment_split(example: Example) -> str:
+    # Each distinct review text (1,600 exist) belongs to one split: a fifth validation, a fifth test.
+    bucket = _stable_bucket(example.prompt)
+    return "validation" if bucket == 0 else "test" if bucket == 1 else "train"
+
+
+def _sentiment_draw(n: int, seed: int, split: str) -> list[Example]:
     rng = random.Random(seed)
-    return [sentiment_example(rng) for _ in range(n)]
+    out = []
+    while len(out) < n:
+        example = sentiment_example(rng)
+        if _sentiment_split(example) == split:
+            out.append(example)
+    return out
+
+
+def _sentiment_eval(split: str, n: int | None, seed: int) -> list[Example]:
+    # distinct reviews, drawn with the task's label balance and negation rate
+    texts: dict[str, Example] = {}
+    for example in _sentiment_draw(4 * (n or 200), seed, split):
+        texts.setdefault(example.prompt, example)
+    return list(texts.values())[:n]
 
 
 TASKS: dict[str, Task] = {
     "new_people": Task("new_people", "knowledge injection",
-                       f"learn the biographies of {N_NEW_PEOPLE} new people; QA exact match",
-                       "exact_match", _new_people_train, _new_people_eval),
+                       f"learn the biographies of {N_NEW_PEOPLE} new people; QA exact match on the people "
+                       "whose questions were not trained (extraction)",
+                       "exact_match", _new_people_train, _new_people_eval,
+                       lambda: qa_examples(new_people_split("train"))),
     "addition": Task("addition", "skill", "add two numbers below 50; exact match on held-out pairs",
-                     "exact_match", lambda n, s: _addition_pairs(s, n, held_out=False),
-                     lambda n, s: _addition_pairs(s, n, held_out=True)),
+                     "exact_match", _addition_train, _addition_eval),
     "sentiment": Task("sentiment", "classification",
-                      "label a short review positive/negative (with negation); accuracy",
-                      "accuracy", _sentiment, _sentiment),
+                      "label a short review positive/negative (with negation); accuracy on held-out reviews",
+                      "accuracy", lambda n, s: _sentiment_draw(n, s, "train"), _sentiment_eval),
 }
 
 

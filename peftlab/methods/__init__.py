@@ -24,8 +24,9 @@ class Method:
     apply_fn: Callable
     family: str  # baseline / additive / selective / low-rank / multi-task / reference
     description: str
-    lr: float  # learning rate the comparison uses for this method
+    lr: float  # learning rate the comparison uses: chosen by the reference sweep (see LR_SOURCE)
     trains: bool = True  # False for the untouched-base reference row
+    train_options: tuple = ()  # (name, value) pairs for TrainConfig: weight decay, replay of source data
 
     def config(self, **overrides):
         """The method's default config with ``overrides``; unknown fields are an error that lists the known ones."""
@@ -43,13 +44,22 @@ class Method:
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, config_cls: type, *, family: str, description: str, lr: float, trains: bool = True):
-    """Decorator that adds ``apply_fn`` to the registry under ``name``."""
+# Where the registered learning rates come from: each is the rate the committed reference sweep
+# (peftlab/sweeps/reference.jsonl) chose on the validation split; tests/test_sweep.py fails when
+# a registered rate differs from that choice. Re-run the sweep, then copy its chosen rates here:
+LR_SOURCE = "python -m peftlab sweep --reference (see peftlab.sweep.REFERENCE)"
+
+
+def register(name: str, config_cls: type, *, family: str, description: str, lr: float, trains: bool = True,
+             train_options: dict | None = None):
+    """Decorator that adds ``apply_fn`` to the registry under ``name``. ``train_options`` are fields of
+    ``peftlab.train.TrainConfig`` the method trains with (e.g. ``{"weight_decay": 0.1}``)."""
 
     def decorator(apply_fn: Callable) -> Callable:
         if name in METHODS:
             raise ValueError(f"method {name!r} is already registered")
-        METHODS[name] = Method(name, config_cls, apply_fn, family, description, lr, trains)
+        METHODS[name] = Method(name, config_cls, apply_fn, family, description, lr, trains,
+                               tuple(sorted((train_options or {}).items())))
         return apply_fn
 
     return decorator

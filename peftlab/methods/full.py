@@ -3,10 +3,17 @@
 Every weight receives a gradient and an optimizer state: for AdamW in fp32 that is 4 (weight) + 4
 (gradient) + 8 (two moments) = 16 bytes per parameter, before activations. Also here: ``base``, the
 untouched pretrained model, the reference row of every comparison (nothing trains).
+
+Three regularized variants answer the obvious objection to "full fine-tuning forgets more" (is it
+only a matter of regularizing it?), as in Biderman et al. 2024: ``full_wd`` (AdamW weight decay),
+``full_dropout`` (dropout on the output of every attention and MLP block, as GPT-2's residual
+dropout) and ``full_replay`` (a quarter of every batch is source data the base was trained on).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import torch.nn.functional as F
 
 from . import register
 
@@ -15,6 +22,37 @@ from . import register
 class FullFinetuneConfig:
     train_embeddings: bool = True  # also train the (tied) token embeddings and output head
     train_norms: bool = True  # also train the RMSNorm / LayerNorm gains
+    dropout: float = 0.0  # dropout on the output of every attention and MLP block, training only
+
+
+BLOCK_OUTPUTS = ("self_attn", "mlp", "attn")  # Llama's and GPT-2's attention and MLP modules
+
+
+def _residual_dropout_hook(p: float):
+    def hook(module, args, output):
+        if not module.training:
+            return output
+        if isinstance(output, tuple):  # attention returns (output, weights)
+            return (F.dropout(output[0], p, training=True),) + tuple(output[1:])
+        return F.dropout(output, p, training=True)
+
+    return hook
+
+
+def add_residual_dropout(model, p: float) -> int:
+    """Dropout ``p`` on the output of every attention and MLP block (once: a model already
+    carrying it keeps its hooks). Returns the number of blocks."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), not {p}")
+    if getattr(model, "peftlab_dropout", None) is not None:
+        if model.peftlab_dropout != p:
+            raise ValueError(f"the model already has residual dropout {model.peftlab_dropout}; load a fresh model")
+        return 0
+    blocks = [m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] in BLOCK_OUTPUTS]
+    for module in blocks:
+        module.register_forward_hook(_residual_dropout_hook(p))
+    model.peftlab_dropout = p
+    return len(blocks)
 
 
 @register("full", FullFinetuneConfig, family="baseline", lr=1e-3,
@@ -27,7 +65,26 @@ def apply_full(model, config: FullFinetuneConfig):
         if not config.train_norms and "norm" in name:
             trainable = False
         param.requires_grad_(trainable)
+    if config.dropout:
+        add_residual_dropout(model, config.dropout)
     return model
+
+
+@dataclass
+class FullDropoutConfig(FullFinetuneConfig):
+    dropout: float = 0.1  # dropout on the output of every attention and MLP block, training only
+
+
+WEIGHT_DECAY = 0.1  # AdamW's decoupled decay, a common fine-tuning setting
+REPLAY = 0.25  # share of every batch drawn from the source data
+
+
+register("full_wd", FullFinetuneConfig, family="baseline", lr=1e-3, train_options={"weight_decay": WEIGHT_DECAY},
+         description=f"full fine-tuning with AdamW weight decay {WEIGHT_DECAY}")(apply_full)
+register("full_dropout", FullDropoutConfig, family="baseline", lr=1e-3,
+         description="full fine-tuning with dropout 0.1 on every attention and MLP output")(apply_full)
+register("full_replay", FullFinetuneConfig, family="baseline", lr=1e-3, train_options={"replay": REPLAY},
+         description=f"full fine-tuning with replay: {REPLAY:.0%} of every batch is source data")(apply_full)
 
 
 @dataclass
