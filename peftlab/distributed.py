@@ -361,6 +361,9 @@ def run(cfg: RunConfig, world: Dist | None = None, break_sync: bool = False) -> 
     from .utils import count_parameters
 
     world = world or setup()
+    cuda = world.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(world.device)
     model, tokenizer, train_cfg, examples = method_model(cfg)
     counts = count_parameters(model)
     parallel = wrap(model, cfg.strategy, world)
@@ -373,6 +376,8 @@ def run(cfg: RunConfig, world: Dist | None = None, break_sync: bool = False) -> 
                                  label=f"ZeRO-{STRATEGIES[cfg.strategy][0]} estimate")
     return {"rank": world.rank, "world_size": world.world_size, "strategy": cfg.strategy, "method": cfg.method,
             "measured": measured, "estimate": estimate, "losses": result.losses, "model": parallel,
+            "seconds_per_step": result.seconds_per_step,
+            "cuda_peak": torch.cuda.max_memory_allocated(world.device) if cuda else None,
             "state": full_state_dict(parallel)}
 
 
@@ -427,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{method} with {strategy}: skipped, {err}\n", flush=True)
                 continue
             gathered = [None] * world.world_size
-            summary = {k: result[k] for k in ("rank", "world_size", "strategy", "method", "measured", "estimate", "losses")}
+            summary = {k: result[k] for k in ("rank", "world_size", "strategy", "method", "measured", "estimate", "losses",
+                                              "seconds_per_step", "cuda_peak")}
             dist.all_gather_object(gathered, summary)
             if args.out:
                 out = Path(args.out) / f"{method}-{strategy}"
@@ -443,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
                 if world.rank == 0:
                     rows = [{"rank": g["rank"], **{f"measured_{b}": getattr(g["measured"], b) for b in BYTE_ROWS},
                              **{f"estimate_{b}": getattr(g["estimate"], b) for b in BYTE_ROWS},
-                             "notes": g["measured"].notes, "losses": g["losses"]} for g in gathered]
+                             "notes": g["measured"].notes, "losses": g["losses"],
+                             "seconds_per_step": g["seconds_per_step"], "cuda_peak": g["cuda_peak"]} for g in gathered]
                     (out / "ranks.json").write_text(json.dumps(rows, indent=1) + "\n")
             if world.rank == 0:
                 print(format_rank_table(gathered) + "\n", flush=True)
