@@ -19,6 +19,7 @@ from .methods import METHODS, get_method
 from .models import load_base
 from .memory import measure_training_memory, weight_bytes
 from .train import TrainConfig, train
+from .methods.bitfit import bias_parameters
 from .methods.sparse import get_mask_hook, mask_size
 from .utils import ParamCount, count_parameters, format_bytes, get_device, set_seed
 
@@ -29,7 +30,7 @@ class CompareConfig:
 
     task: str = "new_people"  # target task (see peftlab.world.TASKS)
     steps: int = 50  # optimizer steps per method (the sweep's checkpoints go to twice this)
-    batch_size: int = 16  # examples per step
+    batch_size: int = 8  # examples per step
     n_train: int = 2000  # training examples drawn from the task's generator
     seed: int = 0  # data, initialisation and order
     model: str = "tiny"  # base model name (see peftlab.models.load_base)
@@ -56,6 +57,10 @@ def prepare_model(name: str, cfg: CompareConfig, total_steps: int | None = None,
     option_names = {f.name for f in fields(method.config_cls)}
     overrides = {k: v for k, v in (("task", cfg.task), ("seed", cfg.seed),
                                    ("total_step", total_steps or cfg.steps)) if k in option_names}
+    # A model without bias terms (SmolLM2, most Llama-style models) gets BitFit's zero biases: the
+    # comparison's BitFit row then trains those, as lecture 06 shows.
+    if "add_missing_biases" in option_names and not bias_parameters(model):
+        overrides["add_missing_biases"] = True
     return method.apply(model, **overrides), tokenizer
 
 
@@ -79,7 +84,7 @@ def run_method(name: str, cfg: CompareConfig, examples, task, before: evaluate.E
            "trainable_pct": params.percent, "lr": method.lr, "steps": cfg.steps if method.trains else 0}
     if method.trains:
         result = train(model, tokenizer, examples, cfg.train_config(name), progress=progress, desc=name)
-        after = evaluate.evaluate_model(model, tokenizer, task)
+        after = evaluate.evaluate_model(model, tokenizer, task, model_name=cfg.model)
         row.update(seconds_per_step=result.seconds_per_step, tokens_per_second=result.tokens_per_second,
                    grad_bytes=result.grad_bytes, optimizer_bytes=result.optimizer_state_bytes,
                    final_loss=sum(result.losses[-10:]) / len(result.losses[-10:]))
@@ -122,7 +127,7 @@ def compare(cfg: CompareConfig = CompareConfig(), methods: list[str] | None = No
     start = time.time()
     examples = task.train_examples(cfg.n_train, seed=cfg.seed)
     model, tokenizer = load_base(cfg.model, device=device)
-    before = evaluate.evaluate_model(model, tokenizer, task)
+    before = evaluate.evaluate_model(model, tokenizer, task, model_name=cfg.model)
     del model
     rows = [run_method(name, cfg, examples, task, before, progress) for name in names]
     out_dir = Path(out_dir)

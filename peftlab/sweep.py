@@ -6,7 +6,7 @@ decades and several seeds; every run is evaluated at checkpoints along training,
 how learning and forgetting grow with training length. ``peftlab.analysis`` turns the records into
 frontiers, forgetting at matched learning, and the rate each method should use.
 
-Design of one run (what ``compare`` uses too: ``CompareConfig``): batch 16, warm-up then a constant
+Design of one run (what ``compare`` uses too: ``CompareConfig``): batch 8, warm-up then a constant
 rate (so the checkpoint after k steps *is* a k-step run), checkpoints up to twice the comparison's
 budget. Every checkpoint evaluates the same held-out sets: the task's validation split (to choose
 rates) and test split (to report), memorization for knowledge tasks, source recall on the first
@@ -67,9 +67,9 @@ class SweepConfig:
     steps: int = 100  # length of every run: the last checkpoint (twice compare's 50-step budget)
     checkpoints: list[int] = field(default_factory=lambda: [10, 25, 50, 100])  # evaluate after these steps
     task: str = "new_people"
-    batch_size: int = 16
+    batch_size: int = 8
     n_train: int = 2000
-    n_source_people: int = 60  # source recall on the first 60 source people (300 questions)
+    n_source_people: int = 40  # source recall on the first 40 source people (200 questions)
     n_paragraphs: int = 40  # perplexity on the first 40 held-out English paragraphs
     workers: int = 2  # processes running runs side by side (one torch thread each)
     model: str = "tiny"
