@@ -33,18 +33,65 @@ def test_tasks_deterministic_per_seed(name):
     task = world.get_task(name)
     assert task.train_examples(50, seed=1) == task.train_examples(50, seed=1)
     assert task.eval_examples() == task.eval_examples()
+    assert task.eval_examples(split="validation") == task.eval_examples(split="validation")
     assert len(task.eval_examples(20)) == 20
     if name != "new_people":
         assert task.train_examples(50, seed=1) != task.train_examples(50, seed=2)
 
 
-def test_addition_is_correct_and_held_out():
+def leaks(task, train, evaluation) -> list[str]:
+    """Evaluation examples whose text appears in training: the whole example, its prompt, and for
+    knowledge tasks the question asked anywhere in a training text."""
+    train_texts = {ex.prompt + ex.target for ex in train}
+    train_prompts = {ex.prompt for ex in train}
+    found = [ex.prompt + ex.target for ex in evaluation if ex.prompt + ex.target in train_texts or ex.prompt in train_prompts]
+    if task.kind == "knowledge injection":
+        corpus = "\n".join(sorted(train_texts))
+        found += [ex.prompt for ex in evaluation
+                  if ex.prompt.startswith("Q: ") and ex.prompt.removeprefix("Q: ").removesuffix("\nA:") in corpus]
+    return found
+
+
+@pytest.mark.parametrize("name", list(world.TASKS))
+def test_evaluation_never_appears_in_training(name):
+    """Every split of every task is held out: no validation or test example (nor, for knowledge
+    injection, any question about a held-out person) is in the training data, for any seed."""
+    task = world.get_task(name)
+    validation, test = task.eval_examples(None, split="validation"), task.eval_examples(None, split="test")
+    assert len(validation) >= 50 and len(test) >= 50
+    assert not {e.prompt for e in validation} & {e.prompt for e in test}, "validation and test overlap"
+    for seed in (0, 1, 7):
+        train = task.train_examples(2000, seed=seed)
+        assert leaks(task, train, validation) == [] and leaks(task, train, test) == []
+    # the check can fail: one training example planted in the evaluation set is found
+    planted = task.train_examples(5, seed=3)[-1]
+    assert leaks(task, task.train_examples(2000, seed=0), test + [planted]) == [planted.prompt + planted.target]
+
+
+def test_new_people_design_follows_allen_zhu_li():
+    """Biographies of every new person are trained; questions only of the first half; the held-out
+    questions (validation, test) ask about people known only from their biographies."""
+    task = world.get_task("new_people")
+    train = task.train_examples(2000, seed=0)
+    bios = " ".join(ex.target for ex in train if not ex.prompt)
+    questioned = {ex.prompt for ex in train if ex.prompt}
+    for person in world.new_people():
+        assert person.name in bios, f"{person.name} has no training biography"
+    trained = set(world.new_people_split("train"))
+    held = world.new_people_split("validation") + world.new_people_split("test")
+    assert not trained & set(held) and len(trained) + len(held) == world.N_NEW_PEOPLE
+    assert questioned == {ex.prompt for ex in world.qa_examples(sorted(trained, key=lambda p: p.name))}
+    assert {ex.prompt for ex in task.memorization_examples()} == questioned
+    assert world.get_task("addition").memorization_examples() == []
+    with pytest.raises(ValueError, match="validation"):
+        task.eval_examples(split="train")
+
+
+def test_addition_is_correct():
     task = world.get_task("addition")
-    train = {ex.prompt for ex in task.train_examples(2000, seed=0)}
-    for ex in task.eval_examples(200):
+    for ex in task.eval_examples(200) + task.eval_examples(200, split="validation"):
         a, b = (int(x) for x in ex.prompt.removeprefix("Compute: ").removesuffix(" =").split(" + "))
         assert int(ex.target) == a + b
-        assert ex.prompt not in train, "an evaluation pair leaked into training"
 
 
 def test_sentiment_negation_flips_label():
