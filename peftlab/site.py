@@ -15,9 +15,9 @@ render, latex2mathml turns the math into MathML that browsers draw without a scr
   released assignments), which the notebooks' Colab set-up cell installs from (see ``peftlab.colab``).
 
 Execution is cached in ``_site/.cache``: a notebook is executed again only when its code or markdown
-changed or the mode differs. The mode (quick: ``PEFTLAB_QUICK=1``; full: the full-size runs) is recorded
-on every page and in ``build.json``. Changes to the ``peftlab`` package do not invalidate the cached
-lectures: rebuild with ``--force`` after changing it. ``--readme-images docs`` also writes the
+changed or the mode differs, and the comparison only when the mode differs. The mode (quick:
+``PEFTLAB_QUICK=1``; full: the full-size runs) is recorded on every page and in ``build.json``. Changes
+to the ``peftlab`` package do not invalidate the cache: rebuild with ``--force`` after changing it. ``--readme-images docs`` also writes the
 learning-vs-forgetting figure and a screenshot of a lecture page (headless Chromium) for the README.
 """
 from __future__ import annotations
@@ -75,7 +75,8 @@ def _title(nb) -> str:
         if cell.cell_type == "markdown":
             match = re.search(r"^#\s+(.+)$", cell.source, re.M)
             if match:
-                return re.sub(r"[*_`]", "", match.group(1)).strip()
+                title = re.sub(r"[*_`]", "", match.group(1))
+                return re.sub(r"\s*\(\d+(?:\.\d+)? points?\)\s*$", "", title).strip()  # points are shown apart
     return ""
 
 
@@ -210,7 +211,26 @@ def _text(value) -> str:
     return "".join(value) if isinstance(value, list) else str(value)
 
 
-def render_output(output) -> str:
+def _widget_text(model_id: str, state: dict) -> str | None:
+    """A progress bar's last state as text (tqdm in a notebook is a widget: its text/plain is the first state)."""
+    model = state.get(model_id, {})
+    if model.get("model_name") != "HBoxModel":
+        return None
+    parts = []
+    for child in model.get("state", {}).get("children", []):
+        child_model = state.get(str(child).replace("IPY_MODEL_", ""), {})
+        values = child_model.get("state", {})
+        if child_model.get("model_name") == "HTMLModel":
+            parts.append(re.sub(r"[\xa0\u2007]", " ", html_text(str(values.get("value", "")))))
+        elif child_model.get("model_name") in ("FloatProgressModel", "IntProgressModel"):
+            done = values.get("value", 0) / (values.get("max") or 1)
+            parts.append("|" + "█" * round(10 * done) + " " * (10 - round(10 * done)) + "|")
+        else:
+            return None
+    return "".join(parts) if parts else None
+
+
+def render_output(output, widget_state: dict | None = None) -> str:
     kind = output.get("output_type")
     if kind == "stream":
         text = _strip_ansi(_text(output.get("text", "")))
@@ -232,6 +252,10 @@ def render_output(output) -> str:
     if "text/markdown" in data:
         return render_markdown(_text(data["text/markdown"]))
     if "application/vnd.jupyter.widget-view+json" in data:
+        model_id = data["application/vnd.jupyter.widget-view+json"].get("model_id", "")
+        text = _widget_text(model_id, widget_state or {})
+        if text is not None:
+            return f'<pre class="progress">{html.escape(text)}</pre>'
         return '<p class="widget-note">(an interactive widget: run the notebook to use it)</p>'
     if "text/plain" in data:
         return f'<pre>{html.escape(_strip_ansi(_text(data["text/plain"])))}</pre>'
@@ -239,12 +263,13 @@ def render_output(output) -> str:
 
 
 def render_cells(nb) -> str:
+    widget_state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
     parts = []
     for cell in nb.cells:
         if cell.cell_type == "markdown":
             parts.append(f'<div class="cell markdown">{render_markdown(cell.source)}</div>')
         elif cell.cell_type == "code":
-            outputs = "".join(render_output(o) for o in cell.get("outputs", []))
+            outputs = "".join(render_output(o, widget_state) for o in cell.get("outputs", []))
             outputs = f'<div class="output">{outputs}</div>' if outputs else ""
             parts.append(f'<div class="cell code"><div class="input">{_highlight(cell.source)}</div>{outputs}</div>')
     return "\n".join(parts)
@@ -300,7 +325,7 @@ def _colab_href(nb: Notebook, github: str | None, up: str) -> str:
     if github:
         repo, _, branch = github.partition("@")
         return f"https://colab.research.google.com/github/{repo}/blob/{branch or 'main'}/{nb.path.relative_to(ROOT).as_posix()}"
-    return f"{up}guide.html#on-colab"
+    return f"{up}guide.html#On-Colab"
 
 
 def _actions(nb: Notebook, github: str | None, up: str) -> str:
@@ -335,21 +360,14 @@ def notebook_page(nb_item: Notebook, nb, mode: str, github: str | None, link_map
 
 # --------------------------------------------------------------------------------------- comparison
 
-def _package_hash(root: Path = ROOT) -> str:
-    digest = hashlib.sha256()
-    for path in sorted((root / "peftlab").rglob("*.py")) + sorted((root / "peftlab" / "base").glob("*.json")):
-        digest.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
-    return digest.hexdigest()
-
-
 def run_compare(mode: str, cache_dir: Path, force: bool = False, log=print) -> Path:
-    """``python -m peftlab compare`` in ``mode``, cached by the package's source; returns its output folder."""
-    out = cache_dir / f"compare.{mode}.{_package_hash()[:16]}"
+    """``python -m peftlab compare`` in ``mode``, cached by mode (``force`` runs it again); returns its output folder."""
+    out = cache_dir / f"compare.{mode}"
     if not force and (out / "done").exists():
         log(f"  compare: cached ({mode} mode)")
         return out
-    for old in cache_dir.glob(f"compare.{mode}.*"):
-        shutil.rmtree(old)
+    if out.exists():
+        shutil.rmtree(out)
     log(f"  compare: running every method in {mode} mode ...")
     start = time.time()
     env = dict(os.environ, MPLBACKEND="Agg")
@@ -457,7 +475,7 @@ students receive them.</p>
 <table><thead><tr><th>#</th><th>lecture</th><th>assignment (auto-graded)</th></tr></thead>
 <tbody>{"".join(rows)}</tbody></table>
 <p>On Colab: download the notebook and the course zip, upload the notebook (File &gt; Upload notebook) and the
-zip (Files panel), and run the first cell (<a href="guide.html#on-colab">details</a>).</p>
+zip (Files panel), and run the first cell (<a href="guide.html#On-Colab">details</a>).</p>
 {_rewrite_links(render_markdown(schedule), "index.html", link_map) if schedule else ""}
 {compare_html}
 """
