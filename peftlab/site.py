@@ -148,7 +148,11 @@ def execute(path: Path, mode: str, cache_dir: Path, force: bool = False, log=pri
         km = KernelManager(kernel_name=KERNEL, transport="ipc", ip=str(Path(tmp) / "kernel"))
         client = NotebookClient(nb, km=km, kernel_name=KERNEL, timeout=CELL_TIMEOUT_S,
                                 resources={"metadata": {"path": str(path.parent)}})
-        client.execute()
+        try:
+            client.execute()
+        finally:  # nbclient leaves a kernel it was handed running
+            if km.has_kernel:
+                km.shutdown_kernel(now=True)
     seconds = time.time() - start
     from . import __version__
 
