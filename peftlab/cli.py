@@ -23,9 +23,16 @@ def _cmd_compare(args) -> int:
     from .compare import CompareConfig, compare
     from .utils import is_quick
 
+    from . import realworld
+
     steps = args.steps if args.steps is not None else (20 if is_quick() else CompareConfig.steps)
-    cfg = CompareConfig(task=args.task, steps=steps, batch_size=args.batch_size, seed=args.seed, model=args.model)
+    batch_size = args.batch_size or CompareConfig.batch_size
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    if args.model in realworld.REAL_MODELS:  # a 135M model on a CPU: fewer methods, a smaller budget
+        steps = args.steps or realworld.COMPARE_STEPS
+        batch_size = args.batch_size or realworld.COMPARE_BATCH_SIZE
+        methods = methods or list(realworld.COMPARE_METHODS)
+    cfg = CompareConfig(task=args.task, steps=steps, batch_size=batch_size, seed=args.seed, model=args.model)
     compare(cfg, methods, out_dir=args.out, progress=not args.no_progress)
     return 0
 
@@ -152,9 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("compare", help="compare every registered method on the tiny world")
     p.add_argument("--task", default="new_people", choices=list(world.TASKS), help="target task")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per method (default: CompareConfig's 50; 20 with PEFTLAB_QUICK=1)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=None, help="examples per step (default: CompareConfig's; 8 for smollm2)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default="tiny", help="base model: 'tiny' or a local folder")
+    p.add_argument("--model", default="tiny", help="base model: 'tiny', 'smollm2' (real, offline; 30 steps, "
+                   "methods base,full,lora,qlora,bitfit,prompt unless given) or a local folder")
     p.add_argument("--methods", default=None, help="comma-separated method names (default: all registered)")
     p.add_argument("--out", default="results", help="folder for compare.csv, compare.json and the plot")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
