@@ -243,3 +243,37 @@ def format_matched(matched: dict[str, Matched]) -> str:
             lines.append(f"{name:<14} never reaches learning {m.level:.2f} with every seed "
                          f"(best rate: {m.seeds_reaching} of {m.seeds} seeds)")
     return "\n".join(lines)
+
+
+MATCHED_LEVELS = (0.2, 0.4, 0.6)  # learning levels (test-split gain) at which forgetting is compared
+
+
+def markdown_table(choices: dict[str, Choice], matched: dict[float, dict[str, Matched]],
+                   trainable_pct: dict[str, float] | None = None) -> str:
+    """The README's comparison table: chosen rate, test learning and forgetting at the budget, and
+    forgetting at matched learning levels (mean ± 95% interval over seeds)."""
+    levels = sorted(matched)
+    head = ["method", "trainable %", "chosen lr", "learning (test)", "forgetting (recall)"]
+    head += [f"forgetting at learning {lv:.1f}" for lv in levels]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, c in choices.items():
+        pct = f"{trainable_pct[name]:.3g}" if trainable_pct and name in trainable_pct else ""
+        cells = [name, pct, f"{c.lr:.3g}" + (" (edge)" if c.at_edge else ""), str(c.test), str(c.forgetting)]
+        for lv in levels:
+            m = matched[lv].get(name)
+            cells.append("never" if m is None or not m.reached else f"{m.forgetting} (lr {m.lr:.3g})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report(records: list[dict], budget: int, levels: Sequence[float] = MATCHED_LEVELS) -> dict:
+    """Everything the course reports from a sweep: chosen rates at ``budget``, forgetting at matched
+    learning, sensitivity to the rate, frontiers, trainable shares."""
+    run_records = runs(records)
+    order = list(dict.fromkeys(r["method"] for r in run_records))
+    choices = choose_lr(run_records, budget)
+    choices = {m: choices[m] for m in order if m in choices}
+    trainable = {r["method"]: 100.0 * r["trainable"] / r["total"] for r in run_records if "trainable" in r}
+    return {"budget": budget, "choices": choices, "matched": {lv: matched_learning(run_records, lv) for lv in levels},
+            "sensitivity": sensitivity(run_records, budget), "frontiers": method_frontiers(run_records),
+            "trainable_pct": trainable, "summary": summarize(run_records)}

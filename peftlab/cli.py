@@ -2,6 +2,7 @@
 
   compare      every registered method on the tiny world: learning, forgetting and cost
   sweep        learning-rate sweep over methods, rates and seeds (records for the frontier)
+  frontier     analyse sweep records: chosen rates, frontiers, forgetting at matched learning
   pretrain     re-create the tiny base model (tokenizer + weights) in peftlab/base/
   report       what the base knows: source recall per attribute, English perplexity, task metrics
   memory       bytes of one training step by bucket, and whether it fits on common GPUs
@@ -69,6 +70,41 @@ def _cmd_sweep(args) -> int:
                     "python -m peftlab sweep --reference", progress=not args.no_progress)
     finals = [r for r in records if r.get("final")]
     print(f"{len(finals)} finished runs in {out}")
+    return 0
+
+
+def _cmd_frontier(args) -> int:
+    from pathlib import Path
+
+    from . import analysis
+    from .compare import CompareConfig
+    from .plots import plot_frontiers, plot_lr_sweep
+    from .sweep import REFERENCE_PATH, read_records
+
+    path = Path(args.records or REFERENCE_PATH)
+    records = read_records(path)
+    if not analysis.runs(records):
+        raise FileNotFoundError(f"no sweep records in {path}; run `python -m peftlab sweep` first")
+    budget = args.budget or CompareConfig.steps
+    result = analysis.report(records, budget)
+    print(f"records: {path.name}, {len({r['run_key'] for r in analysis.runs(records)})} runs; "
+          f"rates chosen on the validation split after {budget} steps; mean ± 95% interval over seeds\n")
+    print(analysis.format_choices(result["choices"]))
+    for level, matched in result["matched"].items():
+        print(f"\nforgetting (source recall) when learning first reaches {level:.1f} (least over rates):")
+        print(analysis.format_matched(matched))
+    if args.markdown:
+        print("\n" + analysis.markdown_table(result["choices"], result["matched"], result["trainable_pct"]))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    all_points = {}
+    for (method, lr, step), est in result["summary"].items():
+        all_points.setdefault(method, []).append({"learning": est[analysis.LEARNING],
+                                                  "forgetting": est[analysis.FORGETTING]})
+    plot_frontiers(result["frontiers"], all_points).savefig(out / "frontier.png", dpi=120, bbox_inches="tight")
+    plot_lr_sweep(result["summary"], budget, list(result["choices"]), result["choices"]).savefig(
+        out / "lr_sweep.png", dpi=100, bbox_inches="tight")
+    print(f"\nsaved {out / 'frontier.png'} and {out / 'lr_sweep.png'}")
     return 0
 
 
@@ -185,6 +221,14 @@ def main(argv: list[str] | None = None) -> int:
                    "(peftlab/sweeps/reference.jsonl)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(fn=_cmd_sweep)
+
+    p = sub.add_parser("frontier", help="analyse sweep records: chosen rates, forgetting at matched learning, plots")
+    p.add_argument("--records", default=None, help="JSON-lines sweep records (default: the committed reference sweep)")
+    p.add_argument("--budget", type=int, default=None, help="checkpoint at which rates are chosen (default: "
+                   "CompareConfig.steps)")
+    p.add_argument("--markdown", action="store_true", help="also print the README's table")
+    p.add_argument("--out", default="results", help="folder for frontier.png and lr_sweep.png")
+    p.set_defaults(fn=_cmd_frontier)
 
     p = sub.add_parser("pretrain", help="re-create the tiny base model")
     p.add_argument("--steps", type=int, default=1000)

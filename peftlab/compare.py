@@ -95,6 +95,7 @@ def run_method(name: str, cfg: CompareConfig, examples, task, before: evaluate.E
     row["weight_bytes"] = weight_bytes(model)
     row["train_bytes"] = row["weight_bytes"] + row["grad_bytes"] + row["optimizer_bytes"]
     row["target_before"], row["target_after"] = before.target, after.target
+    row["memorization_before"], row["memorization_after"] = before.memorization, after.memorization
     for metric in before.source:
         row[f"{metric}_before"], row[f"{metric}_after"] = before.source[metric], after.source[metric]
     row.update(evaluate.learning_and_forgetting(before, after))
@@ -102,12 +103,12 @@ def run_method(name: str, cfg: CompareConfig, examples, task, before: evaluate.E
 
 
 def format_table(rows: list[dict], task: world.Task) -> str:
-    header = (f"{'method':<14}{'trainable':>12}{'%':>9}  {task.metric + ' (target)':>22}  {'source recall':>15}"
+    header = (f"{'method':<14}{'lr':>9}{'trainable':>12}{'%':>9}  {task.metric + ' (target)':>22}  {'source recall':>15}"
               f"  {'English ppl':>15}{'s/step':>8}{'tok/s':>8}  {'weights+grads+optim':>20}{'activations':>12}")
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
-            f"{r['method']:<14}{r['trainable']:>12,}{r['trainable_pct']:>8.2f}%"
+            f"{r['method']:<14}{r['lr']:>9.3g}{r['trainable']:>12,}{r['trainable_pct']:>8.2f}%"
             f"  {r['target_before']:>10.3f} -> {r['target_after']:<7.3f}"
             f"  {r['source_recall_before']:>6.3f} -> {r['source_recall_after']:<5.3f}"
             f"  {r['english_ppl_before']:>6.1f} -> {r['english_ppl_after']:<5.1f}"

@@ -278,6 +278,11 @@ def sweep(cfg: SweepConfig, out: Path | str, command: str = "", progress: bool =
 def _append(path: Path, records: list[dict]) -> None:
     """Append whole records in one write, flushed to disk, so a crash never leaves half a run."""
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":  # a line cut by a crash: end it, so it stays one bad line on its own
+                text = "\n" + text
     with open(path, "a") as f:
         f.write(text)
         f.flush()
