@@ -29,9 +29,10 @@ training hook that measures the bytes each rank holds, from its local shards), `
     python -m peftlab distributed --method lora --nproc 2        # the same, launched for you
 
 The course's training loop (``peftlab.train.train``) runs unchanged: it finds the method's hooks
-through the wrappers (``peftlab.train.unwrap_model``). Hooks that read whole tensors (the sparse
-mask, AdaLoRA's rank allocator) work under DDP; under FSDP2 each rank sees only shards, so ``wrap``
-refuses a hooked model with FSDP2 rather than train it wrongly.
+through the wrappers (``peftlab.train.unwrap_model``). Hooks read whole tensors (the sparse mask,
+AdaLoRA's global ranking of triplets), which a shard is not; so under FSDP2 a hooked method's
+*trainable* parameters stay whole on every rank, their gradients all-reduced as DDP does, and only
+the frozen base is sharded.
 """
 from __future__ import annotations
 
@@ -115,9 +116,19 @@ class DataParallelLM(nn.Module):
     The returned loss is the global mean (all-reduced), for logging.
     """
 
-    def __init__(self, module: nn.Module, strategy: str, world: Dist):
+    def __init__(self, module: nn.Module, strategy: str, world: Dist, replicated: list | None = None):
         super().__init__()
         self.module, self.strategy, self.world = module, strategy, world
+        self.replicated = replicated or []  # whole on every rank under FSDP2 (a hooked method's trainable parameters)
+        self.sync = True  # all-reduce the replicated parameters' gradients (break_gradient_sync turns it off)
+        for param in self.replicated:
+            param.register_post_accumulate_grad_hook(self._all_reduce_grad)
+
+    def _all_reduce_grad(self, param: nn.Parameter) -> None:
+        # right after backward accumulates it, as DDP does: before clipping, hooks and the optimizer see it
+        if self.sync and self.world.world_size > 1:
+            dist.all_reduce(param.grad)
+        param.grad.div_(self.world.world_size)
 
     def forward(self, input_ids, attention_mask=None, labels=None, **kwargs):
         n, rank = self.world.world_size, self.world.rank
@@ -155,20 +166,22 @@ def wrap(model: nn.Module, strategy: str = "ddp", world: Dist | None = None) -> 
 
         ids = [world.device.index] if world.device.type == "cuda" else None
         return DataParallelLM(DDP(model, device_ids=ids, gradient_as_bucket_view=True), strategy, world)
-    if getattr(model, "peftlab_hooks", None):
-        names = ", ".join(type(h).__name__ for h in model.peftlab_hooks)
-        raise NotImplementedError(
-            f"this model's training hooks ({names}) read whole tensors (a mask, a global ranking), but under "
-            f"FSDP2 each rank holds only shards of them; train it with strategy='ddp'")
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    # a method's hooks read whole tensors: keep its trainable parameters whole (FSDP ignores them), shard the rest
+    replicated = _unique(p for p in model.parameters() if p.requires_grad) if has_hooks(model) else []
     mesh = init_device_mesh(world.device.type, (world.world_size,))
     reshard = STRATEGIES[strategy][0] == 3
     for block in transformer_blocks(model):
-        fully_shard(block, mesh=mesh, reshard_after_forward=reshard)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard)
-    return DataParallelLM(model, strategy, world)
+        fully_shard(block, mesh=mesh, reshard_after_forward=reshard, ignored_params=set(replicated))
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard, ignored_params=set(replicated))
+    return DataParallelLM(model, strategy, world, replicated)
+
+
+def has_hooks(model: nn.Module) -> bool:
+    """Does the method attach training hooks (``peftlab.train.attach_hook``)?"""
+    return bool(getattr(unwrap_model(model), "peftlab_hooks", None))
 
 
 # ---- whole tensors again -----------------------------------------------------------------------------
@@ -271,11 +284,22 @@ class LocalBytes(Hook):
                                       "gathered between forward and backward": self.gathered})
 
 
-def estimate_per_rank(trainable: int, frozen: int, strategy: str, world_size: int,
+def estimate_per_rank(trainable: int, frozen: int, strategy: str, world_size: int, replicated: bool = False,
                       label: str = "estimate") -> MemoryBreakdown:
-    """``peftlab.memory.estimate_memory``'s per-rank figures for the ZeRO stage ``strategy`` stands for (fp32 AdamW)."""
-    return estimate_memory(trainable, frozen, precision="fp32", optimizer="adamw", zero_stage=STRATEGIES[strategy][0],
-                           n_devices=world_size, label=label)
+    """``peftlab.memory.estimate_memory``'s per-rank figures for the ZeRO stage ``strategy`` stands for (fp32 AdamW).
+
+    ``replicated``: the trainable parameters are whole on every rank (a hooked method under FSDP2): they
+    count at stage 0 and the frozen base at the strategy's stage.
+    """
+    stage = STRATEGIES[strategy][0]
+    if not replicated or stage == 0:
+        return estimate_memory(trainable, frozen, precision="fp32", optimizer="adamw", zero_stage=stage,
+                               n_devices=world_size, label=label)
+    whole = estimate_memory(trainable, 0, precision="fp32", optimizer="adamw", zero_stage=0, n_devices=world_size)
+    base = estimate_memory(0, frozen, precision="fp32", optimizer="adamw", zero_stage=stage, n_devices=world_size)
+    return MemoryBreakdown(label, weights=whole.weights + base.weights, gradients=whole.gradients,
+                           optimizer=whole.optimizer, trainable=trainable, params=trainable + frozen,
+                           notes={**base.notes, "trainable parameters": "replicated (stage 0)"})
 
 
 # ---- a deliberately broken synchronization --------------------------------------------------------------
@@ -312,6 +336,7 @@ def break_gradient_sync(model: DataParallelLM) -> DataParallelLM:
     else:
         for m in _fsdp_modules(model):
             m.set_custom_reduce_scatter(_LocalOnlyReduceScatter())
+        model.sync = False
     return model
 
 
@@ -373,7 +398,7 @@ def run(cfg: RunConfig, world: Dist | None = None, break_sync: bool = False) -> 
     result = train(parallel, tokenizer, examples, train_cfg, hooks=[probe], progress=False)
     measured = probe.breakdown(cfg.strategy, label=f"rank {world.rank} measured")
     estimate = estimate_per_rank(counts.trainable, counts.total - counts.trainable, cfg.strategy, world.world_size,
-                                 label=f"ZeRO-{STRATEGIES[cfg.strategy][0]} estimate")
+                                 replicated=bool(parallel.replicated), label=f"ZeRO-{STRATEGIES[cfg.strategy][0]} estimate")
     return {"rank": world.rank, "world_size": world.world_size, "strategy": cfg.strategy, "method": cfg.method,
             "measured": measured, "estimate": estimate, "losses": result.losses, "model": parallel,
             "seconds_per_step": result.seconds_per_step,
@@ -398,6 +423,11 @@ def format_rank_table(results: list[dict]) -> str:
     lines.append(f"(each rank also keeps {notes['local shards of the weights']:,} bytes of weight shards; "
                  f"{notes['gathered between forward and backward']:,} bytes of whole weights are held "
                  "between forward and backward)" if first["strategy"] != "ddp" else "")
+    if first.get("dtype", "float32") != "float32":
+        lines.append(f"({first['dtype']} weights: the estimator counts fp32's 4 bytes per number)")
+    if "trainable parameters" in first["estimate"].notes:
+        lines.append("(the method's hooks read whole tensors: its trainable parameters stay whole on every rank, "
+                     "their gradients all-reduced; only the frozen base is sharded)")
     return "\n".join(line for line in lines if line)
 
 
@@ -423,17 +453,11 @@ def main(argv: list[str] | None = None) -> int:
         for strategy in strategies:
             cfg = RunConfig(method=method, strategy=strategy, steps=args.steps, batch_size=args.batch_size,
                             task=args.task, dtype=args.dtype, options=options.get(method, {}))
-            try:
-                result = run(cfg, world, break_sync=args.break_sync)
-            except NotImplementedError as err:  # a hooked method under FSDP2: say so, go on
-                if args.strategy != "all":
-                    raise
-                if world.rank == 0:
-                    print(f"{method} with {strategy}: skipped, {err}\n", flush=True)
-                continue
+            result = run(cfg, world, break_sync=args.break_sync)
             gathered = [None] * world.world_size
             summary = {k: result[k] for k in ("rank", "world_size", "strategy", "method", "measured", "estimate", "losses",
                                               "seconds_per_step", "cuda_peak")}
+            summary["dtype"] = args.dtype
             dist.all_gather_object(gathered, summary)
             if args.out:
                 out = Path(args.out) / f"{method}-{strategy}"
@@ -466,10 +490,23 @@ def torchrun_command(nproc: int, args: list[str]) -> list[str]:
 
 
 def launch(nproc: int, args: list[str], capture: bool = False, timeout: float | None = None) -> subprocess.CompletedProcess:
-    """Run ``main`` under torchrun with ``nproc`` processes (one CPU thread each unless OMP_NUM_THREADS says otherwise)."""
+    """Run ``main`` under torchrun with ``nproc`` processes (one CPU thread each unless OMP_NUM_THREADS says otherwise).
+
+    torchrun and its ranks run in a session of their own, so a timeout stops all of them, not only torchrun.
+    """
+    import signal
+
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(torchrun_command(nproc, args), env=env, capture_output=capture, text=True, timeout=timeout,
-                          check=False)
+    pipe = subprocess.PIPE if capture else None
+    command = torchrun_command(nproc, args)
+    with subprocess.Popen(command, env=env, stdout=pipe, stderr=pipe, text=True, start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 if __name__ == "__main__":
