@@ -40,10 +40,11 @@ class CompareConfig:
         """The training config of ``method_name`` at this budget: its chosen rate (or ``lr``) and its
         registered train options (weight decay, replay)."""
         method = get_method(method_name)
-        options = dict(method.train_options)
+        options = dict(steps=self.steps, batch_size=self.batch_size, seed=self.seed, schedule=self.schedule,
+                       lr=method.lr if lr is None else lr)
+        options.update(method.train_options)
         options.update(overrides)
-        return TrainConfig(steps=self.steps, batch_size=self.batch_size, seed=self.seed, schedule=self.schedule,
-                           lr=method.lr if lr is None else lr, **options)
+        return TrainConfig(**options)
 
 
 def prepare_model(name: str, cfg: CompareConfig, total_steps: int | None = None, device=None):

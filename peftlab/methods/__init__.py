@@ -46,7 +46,9 @@ METHODS: dict[str, Method] = {}
 
 # Where the registered learning rates come from: each is the rate the committed reference sweep
 # (peftlab/sweeps/reference.jsonl) chose on the validation split; tests/test_sweep.py fails when
-# a registered rate differs from that choice. Re-run the sweep, then copy its chosen rates here:
+# a registered rate differs from that choice. Two methods are not in that sweep and keep hand-set
+# rates: random_mask (the Fisher mask's baseline, at the Fisher mask's rate) and fusion (whose
+# task adapters are trained first). Re-run the sweep, then copy its chosen rates into the modules:
 LR_SOURCE = "python -m peftlab sweep --reference (see peftlab.sweep.REFERENCE)"
 
 

@@ -90,7 +90,7 @@ def no_bias_message(model: nn.Module) -> str:
             "biases train (they are new parameters, saved with the model).")
 
 
-@register("bitfit", BitFitConfig, family="selective", lr=1e-2,
+@register("bitfit", BitFitConfig, family="selective", lr=1e-1,
           description="BitFit: only the bias terms train (Ben Zaken et al. 2021)")
 def apply_bitfit(model: nn.Module, config: BitFitConfig) -> nn.Module:
     if config.add_missing_biases:

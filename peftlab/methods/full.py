@@ -55,7 +55,7 @@ def add_residual_dropout(model, p: float) -> int:
     return len(blocks)
 
 
-@register("full", FullFinetuneConfig, family="baseline", lr=1e-3,
+@register("full", FullFinetuneConfig, family="baseline", lr=3.162e-4,
           description="full fine-tuning: every weight trains")
 def apply_full(model, config: FullFinetuneConfig):
     for name, param in model.named_parameters():

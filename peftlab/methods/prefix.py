@@ -197,7 +197,7 @@ class PrefixTuningModel(_Wrapper):
     merge = fold
 
 
-@register("prefix", PrefixConfig, family="additive", lr=3e-3,
+@register("prefix", PrefixConfig, family="additive", lr=3e-4,
           description="prefix tuning: trainable keys/values in every layer (Li & Liang 2021)")
 def apply_prefix(model, config: PrefixConfig):
     """Wrap ``model`` in a ``PrefixTuningModel`` (applying the same config again returns it unchanged)."""
@@ -259,7 +259,7 @@ class PromptTuningModel(_Wrapper):
         return torch.cat([input_ids, new_tokens], dim=1)
 
 
-@register("prompt", PromptConfig, family="additive", lr=3e-1,
+@register("prompt", PromptConfig, family="additive", lr=3.0,
           description="prompt tuning: trainable input embeddings (Lester et al. 2021)")
 def apply_prompt(model, config: PromptConfig):
     """Wrap ``model`` in a ``PromptTuningModel`` (applying the same config again returns it unchanged)."""
