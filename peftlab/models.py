@@ -65,6 +65,8 @@ def load_base(name: str = "tiny", device: torch.device | str | None = None, dtyp
     transformers_logging.disable_progress_bar()  # a bar per tiny load is noise in notebooks and tables
     tokenizer = load_tokenizer(path, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
+    if "gguf_file" in kwargs:  # GGUF names the model by its training run; keep the folder, to find the tokenizer again
+        model.config._name_or_path = path
     if device is not None:
         model.to(device)
     return model, tokenizer

@@ -363,7 +363,11 @@ def tokenizer_for(model: nn.Module):
     if not path:
         raise ValueError("cannot find this model's tokenizer (it was not loaded from a folder): "
                          "pass tokenizer= in the method's config")
-    return load_tokenizer(path)
+    # a model read from a GGUF file (load_base("smollm2")) has its tokenizer inside that file
+    quantization = getattr(getattr(model, "config", None), "quantization_config", None)
+    gguf_file = (quantization.get("gguf_file") if isinstance(quantization, dict)
+                 else getattr(quantization, "gguf_file", None))
+    return load_tokenizer(path, **({"gguf_file": gguf_file} if gguf_file else {}))
 
 
 @dataclass
