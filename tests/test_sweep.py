@@ -160,3 +160,14 @@ def test_full_dropout_is_active_in_training_only(fresh_base):
     get_method("full_dropout").apply(model)  # applying again keeps one set of hooks
     with pytest.raises(ValueError, match="fresh model"):
         get_method("full").apply(model, dropout=0.3)
+
+
+def test_readme_table_is_reproduced_from_the_reference_sweep(reference):
+    """The README's comparison table is exactly what the analysis computes from the committed records."""
+    from pathlib import Path
+
+    result = analysis.report(reference, CompareConfig.steps)
+    table = analysis.markdown_table(result["choices"], result["matched"], result["trainable_pct"])
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert table in readme, ("README's comparison table differs from `python -m peftlab frontier --markdown`: "
+                             "regenerate it")
