@@ -111,7 +111,7 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 
 def assert_equal_to_single_process(folder, method: str, strategy: str, dtype: str = "float64") -> None:
     initial, trained, _ = reference(method, dtype)
-    assert max_difference(initial, trained) > 1e-3  # training moved the weights, so equality means something
+    assert max_difference(initial, trained) > 100 * TOLERANCE  # training moved the weights: equality means something
     for rank, state in enumerate(rank_states(folder, method, strategy)):
         diff = max_difference(state, trained)
         assert diff <= TOLERANCE, f"rank {rank}: weights differ from single-process training by {diff:.3g}"
@@ -139,7 +139,7 @@ def test_broken_gradient_sync_fails_the_equality(broken_runs, method, strategy):
         assert_equal_to_single_process(broken_runs, method, strategy)
     if strategy == "ddp" or method in HOOKED:  # replicas stepped with their own gradients: they drifted apart
         states = rank_states(broken_runs, method, strategy)
-        assert max_difference(states[0], states[1]) > 1e-4
+        assert max_difference(states[0], states[1]) > 10 * TOLERANCE
 
 
 @pytest.mark.parametrize("method,strategy", BYTE_CASES, ids=[f"{m}-{s}" for m, s in BYTE_CASES])
