@@ -186,16 +186,25 @@ def render_markdown(text: str) -> str:
     from nbconvert.filters import markdown2html_mistune
 
     formulas: list[str] = []
+    sources: list[str] = []
 
     def stash(match):
         found = match.group(0)
         if found.startswith("`"):
             return found
         display = found.startswith("$$")
-        formulas.append(_mathml(found[2:-2] if display else found[1:-1], display))
+        sources.append(found[2:-2] if display else found[1:-1])
+        formulas.append(_mathml(sources[-1], display))
         return f"PEFTLABMATH{len(formulas) - 1}X"
 
     rendered = markdown2html_mistune(_MATH.sub(stash, text))
+
+    def plain(attribute):  # a heading's id and anchor link get the formula's letters, not its MathML
+        value = re.sub(r"PEFTLABMATH(\d+)X", lambda m: re.sub(r"[^A-Za-z0-9]+", "", sources[int(m.group(1))]) or "math",
+                       attribute.group(2))
+        return f'{attribute.group(1)}="{value}"'
+
+    rendered = re.sub(r'(id|href)="([^"]*)"', plain, rendered)
     return re.sub(r"PEFTLABMATH(\d+)X", lambda m: formulas[int(m.group(1))], rendered)
 
 
@@ -526,7 +535,7 @@ def _normalize(line: str) -> str:
 def solution_lines(root: Path = ROOT, min_length: int = 10) -> set[str]:
     """Lines that only the solutions hold: between ``### BEGIN SOLUTION``/``### END SOLUTION`` and
     ``### BEGIN HIDDEN TESTS``/``### END HIDDEN TESTS``, and whole solution cells without markers
-    (written answers), less lines that the public notebooks (lectures, releases) also hold."""
+    (written answers), less lines that public files (lectures, releases, the package's source) also hold."""
     import nbformat
 
     secret: set[str] = set()
@@ -548,7 +557,10 @@ def solution_lines(root: Path = ROOT, min_length: int = 10) -> set[str]:
         for path in sorted((root / folder).rglob("*.ipynb")):
             for cell in nbformat.read(path, as_version=4).cells:
                 public |= {_normalize(ln) for ln in cell.source.splitlines()}
-    return {s for s in secret - public if len(s) >= min_length and re.search(r"[A-Za-z]", s)}
+    for path in sorted((root / "peftlab").rglob("*.py")):  # the package is public: the course zip ships it
+        public |= {_normalize(ln) for ln in path.read_text().splitlines()}
+    public_text = "\n".join(public)  # a secret inside a public line (a hidden test's call of a visible helper) is public
+    return {s for s in secret - public if len(s) >= min_length and re.search(r"[A-Za-z]", s) and s not in public_text}
 
 
 class _TextOf(HTMLParser):
@@ -589,7 +601,7 @@ def _texts(path: Path):
             for name in archive.namelist():
                 parts = name.split("/")
                 if "solutions" in parts[:2] or "tests" in parts[:2]:
-                    yield f"{path.name}:{name}", "### BEGIN SOLUTION (a solutions/ or tests/ file)"
+                    yield f"{path.name}:{name}.ipynb", "### BEGIN SOLUTION (a solutions/ or tests/ file)"
                 if name.endswith((".py", ".ipynb", ".md", ".txt", ".json", ".html", ".toml", ".cfg")):
                     yield f"{path.name}:{name}", archive.read(name).decode("utf-8", "replace")
     elif suffix in (".html", ".htm"):
@@ -609,7 +621,7 @@ def find_leaks(site_dir: Path, secrets: set[str]) -> list[tuple[str, str]]:
             continue
         for name, text in _texts(path):
             rel = path.relative_to(site_dir).as_posix() + name[len(path.name):]
-            if "BEGIN SOLUTION" in text or "BEGIN HIDDEN TESTS" in text:
+            if rel.endswith((".html", ".ipynb")) and ("BEGIN SOLUTION" in text or "BEGIN HIDDEN TESTS" in text):
                 found.append((rel, "an nbgrader solution or hidden-test marker"))
             found += [(rel, s) for s in leaks_in_text(text, secrets)]
     return found
