@@ -99,5 +99,8 @@ def test_lecture_runs(path, monkeypatch, tmp_path):
     except CellExecutionError as err:
         plain = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # drop the traceback's terminal colours
         pytest.fail(f"{path.name} failed in quick mode:\n{plain}", pytrace=False)
+    finally:  # nbclient leaves a kernel it did not start running: each would hold its models in memory
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors, f"{path.name}: {errors[0].ename}: {errors[0].evalue}"
