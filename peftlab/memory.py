@@ -255,6 +255,16 @@ PRESETS: dict[str, dict | None] = {
     "smollm2-135m": dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                          num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
                          max_position_embeddings=8192, tie_word_embeddings=True),
+    "smollm2-360m": dict(model_type="llama", hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
+                         num_attention_heads=15, num_key_value_heads=5, vocab_size=49152,
+                         max_position_embeddings=8192, tie_word_embeddings=True),
+    "smollm2-1.7b": dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
+                         num_attention_heads=32, num_key_value_heads=32, vocab_size=49152,
+                         max_position_embeddings=8192, tie_word_embeddings=True),
+    # Qwen2.5 is a Llama with biases on q, k and v; attention_bias=True also counts o_proj's (+21,504 parameters)
+    "qwen2.5-0.5b": dict(model_type="llama", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
+                         max_position_embeddings=32768, tie_word_embeddings=True, attention_bias=True),
     "llama-2-7b": dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                        num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
                        max_position_embeddings=4096, tie_word_embeddings=False),
@@ -274,7 +284,7 @@ PRESETS: dict[str, dict | None] = {
 
 #: Parameter counts as their authors publish them (model cards; GPT-3's paper gives 175.0B).
 PUBLISHED_PARAMETERS: dict[str, float] = {
-    "smollm2-135m": 134_515_008, "llama-2-7b": 6_738_415_616, "llama-3-8b": 8_030_261_248,
+    "smollm2-135m": 134_515_008, "smollm2-360m": 361_821_120, "smollm2-1.7b": 1_711_376_384, "llama-2-7b": 6_738_415_616, "llama-3-8b": 8_030_261_248,
     "llama-2-13b": 13_015_864_320, "llama-2-70b": 68_976_648_192, "gpt3-175b": 175.0e9,
 }
 

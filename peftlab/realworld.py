@@ -46,20 +46,11 @@ COMPARE_BATCH_SIZE = 8
 N_PPL_PARAGRAPHS = 24
 PPL_MAX_LENGTH = 128
 
-# The documented next steps (hub names, for machines with internet): their shapes, from each model's
-# config.json, so the memory estimator (peftlab.memory.estimate) sizes them before any download.
-# Qwen2.5 is a Llama with biases on q, k and v; attention_bias=True also counts o_proj's (+21,504 parameters).
-NEXT_STEPS = {
-    "HuggingFaceTB/SmolLM2-360M": dict(model_type="llama", hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
-                                       num_attention_heads=15, num_key_value_heads=5, vocab_size=49152,
-                                       max_position_embeddings=8192, tie_word_embeddings=True),
-    "HuggingFaceTB/SmolLM2-1.7B": dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
-                                       num_attention_heads=32, num_key_value_heads=32, vocab_size=49152,
-                                       max_position_embeddings=8192, tie_word_embeddings=True),
-    "Qwen/Qwen2.5-0.5B": dict(model_type="llama", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                              num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
-                              max_position_embeddings=32768, tie_word_embeddings=True, attention_bias=True),
-}
+# The documented next steps (hub names, for machines with internet) and the memory estimator's preset
+# of each (peftlab.memory.PRESETS: their shapes from each model's config.json), so
+# peftlab.memory.estimate sizes them before any download.
+NEXT_STEPS = {"HuggingFaceTB/SmolLM2-360M": "smollm2-360m", "HuggingFaceTB/SmolLM2-1.7B": "smollm2-1.7b",
+              "Qwen/Qwen2.5-0.5B": "qwen2.5-0.5b"}
 NEXT_STEP_METHODS = ("full", "lora", "qlora", "prompt")  # BitFit: these models have (almost) no biases
 
 CAPITALS = {
