@@ -25,12 +25,11 @@ side on two cores finish nearly twice as many runs per hour as one run on two th
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REFERENCE_PATH = Path(__file__).parent / "sweeps" / "reference.jsonl"  # the committed reference sweep
@@ -163,12 +162,9 @@ def _with_learning(metrics: dict, base: dict) -> dict:
 def base_record(cfg: SweepConfig, meta: dict) -> dict:
     """The metrics of the untouched base on this sweep's evaluation sets (learning and forgetting are
     measured from them)."""
-    import torch
-
     from . import world
     from .models import load_base
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     model, tokenizer = load_base(cfg.model)
     metrics = _evaluation(model, tokenizer, world.get_task(cfg.task), cfg)
     return {"method": "base", "task": cfg.task, "design": cfg.design(), "step": 0, **metrics, "meta": meta}
@@ -191,7 +187,6 @@ def run_one(run: dict, cfg: SweepConfig, base: dict, meta: dict) -> list[dict]:
                                      device=torch.device("cpu") if cfg.model == "tiny" else None)
     params = trainable_count(model)
     train_cfg = compare_cfg.train_config(run["method"], lr=run["lr"], eval_at=tuple(cfg.checkpoints))
-    evals = {}
 
     def eval_fn(m):
         return _evaluation(m, tokenizer, task, cfg)
@@ -304,13 +299,5 @@ def command_line(cfg: SweepConfig, out: Path | str) -> str:
     return " ".join(parts)
 
 
-def runs_per_hour(records: list[dict]) -> float:
-    """Finished runs per hour of wall time, from the runs' own timings and the worker count."""
-    final = [r for r in records if r.get("final") and "run_seconds" in r]
-    if not final:
-        return math.nan
-    return 3600.0 / (sum(r["run_seconds"] for r in final) / len(final))
-
-
 __all__ = ["SweepConfig", "REFERENCE", "REFERENCE_PATH", "GRID_CENTRES", "lr_grid", "sweep", "read_records",
-           "run_one", "base_record", "command_line", "replace", "asdict"]
+           "run_one", "base_record", "command_line"]
