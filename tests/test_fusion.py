@@ -116,7 +116,7 @@ def test_fusion_and_adalora_in_compare(tmp_path, monkeypatch):
     rows = compare_module.compare(compare_module.CompareConfig(task="sentiment", steps=4, n_train=64),
                                   ["fusion", "adalora"], out_dir=tmp_path, progress=False)
     assert [r["method"] for r in rows] == ["fusion", "adalora"]
-    assert rows[0]["family"] == "multi-task" and rows[1]["family"] == "low-rank"
+    assert rows[0]["family"] == "additive" and rows[1]["family"] == "reparameterization"
     assert rows[0]["trainable"] > 0 and rows[1]["trainable"] > 0
     cached = sorted(p.name.split("-")[0] for p in (tmp_path / "cache" / "task_adapters").iterdir())
     assert cached == ["addition", "sentiment"]  # the target (sentiment) is also a source task: two adapters

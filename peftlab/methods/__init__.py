@@ -22,7 +22,7 @@ class Method:
     name: str
     config_cls: type
     apply_fn: Callable
-    family: str  # baseline / additive / selective / low-rank / multi-task / reference
+    family: str  # the surveys' families: additive / selective / reparameterization / hybrid; baseline, reference
     description: str
     lr: float  # learning rate the comparison uses: chosen by the reference sweep (see LR_SOURCE)
     trains: bool = True  # False for the untouched-base reference row

@@ -148,7 +148,7 @@ def find_lora_targets(model: nn.Module, target_modules, wrapper: type = LoraLaye
     return [(name, m) for name, m in found if not (inside and name.startswith(inside))]
 
 
-@register("lora", LoraConfig, family="additive", lr=3e-3,
+@register("lora", LoraConfig, family="reparameterization", lr=3e-3,
           description="LoRA: a trainable low-rank update (alpha/r) B A beside every frozen linear layer")
 def apply_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
     """Freeze ``model`` and wrap each target layer in a ``LoraLayer`` (in place; layers already wrapped are kept)."""

@@ -220,7 +220,7 @@ def qlora_layers(model: nn.Module) -> dict[str, QLoraLayer]:
     return {name: m for name, m in model.named_modules() if isinstance(m, QLoraLayer)}
 
 
-@register("qlora", QLoraConfig, family="low-rank", lr=3e-3,
+@register("qlora", QLoraConfig, family="reparameterization", lr=3e-3,
           description="QLoRA: frozen NF4 4-bit base (double-quantized scales) + a LoRA update")
 def apply_qlora(model: nn.Module, config: QLoraConfig) -> nn.Module:
     """Freeze ``model``, quantize each target layer to 4 bits and wrap it in a LoRA adapter (in place;
