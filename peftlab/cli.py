@@ -10,6 +10,7 @@
   distributed  train a method on N processes (torchrun; DDP and FSDP2): bytes per rank, measured vs ZeRO
   english-text re-create peftlab/data/english.txt from CPython's bundled language reference
   site         build the course website (lectures executed, assignments as released) into _site/
+  claims       the claims ledger: every common claim with its measured result and computed verdict
 """
 from __future__ import annotations
 
@@ -187,6 +188,27 @@ def _cmd_site(args) -> int:
     return 0
 
 
+def _cmd_claims(args) -> int:
+    from . import claims
+
+    if args.measure == "latency":
+        quick = args.quick
+        lat = claims.inference_latency(batch_sizes=(1, 16), new_tokens=8 if quick else 32, rounds=2 if quick else 5,
+                                       progress=True)
+        lat["command"] = claims.LATENCY_COMMAND + (" --quick" if quick else "")
+        claims.write_results("latency", lat, args.results or claims.RESULTS_PATH)
+        print(claims.latency_result(lat)["summary"])
+    if args.fusion_from:
+        fusion = json.loads(open(args.fusion_from).read())
+        fusion.pop("fusion_attention", None)  # the per-layer attention is lecture 11's plot, not the ledger's
+        claims.write_results("fusion", fusion, args.results or claims.RESULTS_PATH)
+    keys = [k.strip() for k in args.only.split(",")] if args.only else None
+    for key in keys or []:
+        claims.get_claim(key)  # a KeyError that lists the claims
+    print(claims.format_ledger(claims.ledger(keys, quick=args.quick or None)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m peftlab", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -280,6 +302,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readme-images", default=None, help="also write the README's figure and lecture screenshot here "
                    "(e.g. docs)")
     p.set_defaults(fn=_cmd_site)
+
+    p = sub.add_parser("claims", help="the claims ledger: each claim's measured result and verdict")
+    p.add_argument("--only", default=None, help="comma-separated claim keys (default: every row)")
+    p.add_argument("--measure", default=None, choices=["latency"], help="re-measure a slow row and write it to "
+                   "peftlab/claims_results.json (or --results)")
+    p.add_argument("--fusion-from", default=None, help="copy bench/multitask_fusion.py's JSON into the results file")
+    p.add_argument("--results", default=None, help="results file to write (default: peftlab/claims_results.json)")
+    p.add_argument("--quick", action="store_true", help="shortened measurements (as PEFTLAB_QUICK=1)")
+    p.set_defaults(fn=_cmd_claims)
 
     args = parser.parse_args(argv)
     try:
