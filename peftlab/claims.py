@@ -289,28 +289,41 @@ def measure_prefix(quick: bool = False) -> dict:
 
     base, _ = load_base("tiny")
     P = 10
-    prefix = apply_method(copy.deepcopy(base), "prefix", num_virtual_tokens=P).fold()
-    prompt = apply_method(copy.deepcopy(base), "prompt", num_virtual_tokens=P)
+
+    def wrapped(method):
+        model = copy.deepcopy(base)
+        seen = {}  # positions the first decoder layer receives: what "the input" is to the transformer
+
+        def record(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            seen["positions"] = hidden.shape[1]
+
+        model.model.layers[0].register_forward_pre_hook(record, with_kwargs=True)
+        model = apply_method(model, method, num_virtual_tokens=P)
+        return (model.fold() if method == "prefix" else model), seen
+
+    prefix, prefix_seen = wrapped("prefix")
+    prompt, prompt_seen = wrapped("prompt")
     kv = prefix.prefix_key_values(batch_size=1)
     layers_with_prefix = sum(1 for k, v in kv if k.shape[-2] == P and v.shape[-2] == P)
     ids = torch.randint(2, base.config.vocab_size, (1, 6))
     with torch.no_grad():
-        prefix_len = prefix(input_ids=ids).logits.shape[1]
-        prompt_len = prompt(input_ids=ids).logits.shape[1]
+        prefix(input_ids=ids)
+        prompt(input_ids=ids)
     trainable = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
-    return {"summary": f"prefix tuning (P = {P}): keys and values in {layers_with_prefix} of "
-                       f"{base.config.num_hidden_layers} layers, input stays {prefix_len} positions, "
-                       f"{trainable(prefix):,} trainable; prompt tuning: input grows {ids.shape[1]} -> {prompt_len} "
-                       f"positions, {trainable(prompt):,} trainable",
+    return {"summary": f"prefix tuning (P = {P}): {P} keys and values in {layers_with_prefix} of "
+                       f"{base.config.num_hidden_layers} layers, the input stays {prefix_seen['positions']} positions, "
+                       f"{trainable(prefix):,} trainable; prompt tuning: the input grows {ids.shape[1]} -> "
+                       f"{prompt_seen['positions']} positions, {trainable(prompt):,} trainable",
             "layers_with_prefix": layers_with_prefix, "layers": base.config.num_hidden_layers,
-            "input_len": ids.shape[1], "prefix_len": prefix_len, "prompt_len": prompt_len}
+            "input_len": ids.shape[1], "prefix_len": prefix_seen["positions"], "prompt_len": prompt_seen["positions"]}
 
 
 def rule_prefix(result: dict) -> Verdict:
     every_layer = result["layers_with_prefix"] == result["layers"]
     if every_layer and result["prefix_len"] == result["input_len"] and result["prompt_len"] > result["input_len"]:
-        return Verdict("wrong", "prefix tuning prepends keys and values in every layer; appending to the input is "
-                                "prompt tuning")
+        return Verdict("wrong", "prefix tuning prepends keys and values in every layer and leaves the input as it "
+                                "is; adding vectors at the input is prompt tuning")
     return Verdict("depends", "this prefix implementation changes the input")
 
 

@@ -10,6 +10,7 @@ Run: ``.venv/bin/python -m pytest tests/test_claims.py -q -p no:xdist``. CPU onl
 build the tiny base a few times (about half a minute), the slow rows read committed results.
 """
 import copy
+import dataclasses
 import json
 import re
 import subprocess
@@ -23,13 +24,32 @@ from peftlab import claims
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def row_problems(c: claims.Claim) -> list[str]:
+    """What a ledger row lacks: text fields, an experiment (callable and command), a verdict rule."""
+    problems = [name for name in ("claim", "source", "experiment", "where", "rule_text")
+                if not str(getattr(c, name) or "").strip()]
+    if not callable(c.measure):
+        problems.append("measure (the experiment) is not callable")
+    if not callable(c.rule):
+        problems.append("rule (the verdict rule) is not callable")
+    if not str(c.command or "").startswith("python "):
+        problems.append("command does not say how to reproduce the result")
+    return problems
+
+
 def test_every_row_has_an_experiment_and_a_verdict_rule():
     keys = [c.key for c in claims.LEDGER]
     assert len(keys) == len(set(keys)) and len(keys) >= 14
     for c in claims.LEDGER:
-        assert c.claim.strip() and c.source.strip() and c.experiment.strip() and c.where.strip(), c.key
-        assert callable(c.measure) and callable(c.rule), c.key
-        assert c.rule_text.strip() and c.command.startswith("python "), c.key
+        assert not row_problems(c), (c.key, row_problems(c))
+
+
+def test_a_row_without_experiment_or_rule_is_caught():
+    row = claims.LEDGER[0]
+    assert row_problems(dataclasses.replace(row, measure=None))
+    assert row_problems(dataclasses.replace(row, rule=None))
+    assert row_problems(dataclasses.replace(row, experiment=" "))
+    assert row_problems(dataclasses.replace(row, command=""))
 
 
 def test_the_issue_rows_are_all_there():
