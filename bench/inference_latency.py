@@ -1,7 +1,8 @@
 """Per-token generation latency of the base model and of each additive method, side by side in one run.
 
-Checks a claim of the course text: "adapter-based methods introduce additional computational steps,
-slightly slowing down inference". Variants, each a copy of the same base:
+Checks a common claim, "adapter-based methods introduce additional computational steps, slightly
+slowing down inference" (a row of the claims ledger: lecture 13, ``python -m peftlab claims``, which
+also times QLoRA and AdapterFusion and a larger batch). Variants, each a copy of the same base:
 
 - ``base``: the model as pretrained;
 - ``lora (unmerged)``: LoRA on every linear layer, the update B @ A computed beside each weight;
