@@ -11,6 +11,7 @@
   english-text re-create peftlab/data/english.txt from CPython's bundled language reference
   site         build the course website (lectures executed, assignments as released) into _site/
   claims       the claims ledger: every common claim with its measured result and computed verdict
+  release      write the student repository (no solutions, hidden tests or instructor files) into DIR
 """
 from __future__ import annotations
 
@@ -188,6 +189,15 @@ def _cmd_site(args) -> int:
     return 0
 
 
+def _cmd_release(args) -> int:
+    from pathlib import Path
+
+    from .release import release
+
+    release(Path(args.dir))
+    return 0
+
+
 def _cmd_claims(args) -> int:
     from . import claims
 
@@ -302,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readme-images", default=None, help="also write the README's figure and lecture screenshot here "
                    "(e.g. docs)")
     p.set_defaults(fn=_cmd_site)
+
+    p = sub.add_parser("release", help="write the student repository into DIR: lectures, exercises, the package, "
+                       "a student README; no solutions, hidden tests or instructor files")
+    p.add_argument("dir", help="an empty or new folder, or an earlier release (its .git is kept)")
+    p.set_defaults(fn=_cmd_release)
 
     p = sub.add_parser("claims", help="the claims ledger: each claim's measured result and verdict")
     p.add_argument("--only", default=None, help="comma-separated claim keys (default: every row)")
