@@ -18,7 +18,27 @@ c.CourseDirectory.autograded_directory = "autograded"
 c.CourseDirectory.feedback_directory = "feedback"
 c.CourseDirectory.course_id = "peftlab"
 
-# A runaway submission must not hang grading: every cell gets this many seconds.
+# A runaway submission must not hang grading: every cell gets this many seconds, then the kernel is
+# interrupted, the cell records the error and the rest of the notebook still runs and grades.
 c.Execute.timeout = 120
+
+# Autograding, nbgrader 0.9.6's pipeline with two of the course's preprocessors (peftlab/grading_preprocessors.py):
+# - RestoreDeletedCells, in place of OverwriteCells: a test cell a student deleted is put back, with its hidden
+#   tests, and graded (add_missing_cells), instead of becoming a manual-grading item;
+# - FlagTampering, after the notebook ran and before its scores are saved: a submission whose own cells assign to
+#   torch.*, math.*, numpy.*, builtins or peftlab.*, or rebind what a locked cell set up (REF, the imports),
+#   gets an error output "GradingFlag: ..." in every autograded test cell (each scores 0; the feedback says why).
+#   Overrule it for one student: nbgrader autograde aNN --student ID --force --FlagTampering.enabled=False
+from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
+from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearOutput,  # noqa: E402
+                                    DeduplicateIds, Execute, IgnorePattern, LimitOutput,
+                                    OverwriteKernelspec, SaveAutoGrades)
+
+c.OverwriteCells.add_missing_cells = True  # RestoreDeletedCells is an OverwriteCells: it reads this
+c.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKernelspec,
+                                      "peftlab.grading_preprocessors.RestoreDeletedCells", CheckCellMetadata]
+c.Autograde.autograde_preprocessors = [Execute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
+                                       "peftlab.grading_preprocessors.FlagTampering", SaveAutoGrades,
+                                       AssignLatePenalties, CheckCellMetadata]
 # Autograding sets NBGRADER_EXECUTION; notebooks use it to skip heavy demonstration cells.
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}

@@ -3,8 +3,8 @@
 Three problems a graded notebook meets, and what this module does about each:
 
 - **Warnings zero a cell.** nbgrader 0.9.6 scores a test cell 0 if anything reaches stderr, so a
-  correct answer that triggers a library warning would lose its points. ``start()`` sends warnings
-  and log records to stdout, where they are shown but do not count.
+  correct answer that triggers a library warning would lose its points. ``start()`` sends warnings,
+  log records and ``sys.stderr`` to stdout, where they are shown but do not count.
 - **Faked checks.** An answer cell can run ``torch.testing.assert_close = lambda *a, **k: None``.
   ``start()`` captures the checking functions before any answer cell runs, and returns them as an
   immutable namespace (``REF.assert_close``, ``REF.isclose``, ...): hidden tests compare through it.
@@ -77,17 +77,28 @@ def _warning_to_stdout(message, category, filename, lineno, file=None, line=None
 
 
 def start() -> References:
-    """Route warnings and log records to stdout and return the captured checking functions."""
+    """Route warnings, log records and whatever is written to ``sys.stderr`` to stdout, and return the
+    captured checking functions.
+
+    Libraries keep their own log handlers (transformers has one on its ``transformers`` logger), made
+    with the ``sys.stderr`` of their import: every handler that writes to it writes to stdout from now on.
+    Error tracebacks are not written to ``sys.stderr`` by the kernel, so a failing test still fails."""
+    stderr = sys.stderr
     warnings.showwarning = _warning_to_stdout
     root = logging.getLogger()
     for handler in list(root.handlers):
-        if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) is sys.stderr:
+        if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) in (stderr, sys.__stderr__):
             root.removeHandler(handler)
     if not any(getattr(h, "peftlab_grading", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stdout)
         handler.peftlab_grading = True
         root.addHandler(handler)
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) in (stderr, sys.__stderr__):
+                handler.setStream(sys.stdout)
     logging.lastResort = logging.StreamHandler(sys.stdout)
+    sys.stderr = sys.stdout
     return REFERENCES
 
 

@@ -1,0 +1,140 @@
+"""The assignments' grading helpers: ``peftlab.grading`` (warnings to stdout, captured checking
+functions, switching peftlab's implementations off) and the autograder's static reading of answers,
+``peftlab.grading_preprocessors.find_tampering`` (what it flags, what it leaves alone, and that no
+solution in ``solutions/`` is flagged). The nbgrader runs that use them are in ``test_nbgrader.py``.
+
+Run: ``.venv/bin/python -m pytest tests/test_grading.py -n 0``. CPU only, a few seconds.
+"""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+import peftlab
+from peftlab import grading, utils
+from peftlab.grading_preprocessors import FLAG_NAME, FlagTampering, find_tampering, student_cells
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LOCKED = ["import math\nimport torch\nimport torch.nn.functional as F\nimport numpy as np\n"
+          "from peftlab import grading\nREF = grading.start()\n\ndef tiny_model(seed=0):\n    return None\n"]
+
+
+def test_start_sends_warnings_logs_and_stderr_to_stdout():
+    code = textwrap.dedent("""
+        import logging, sys, warnings
+        logging.getLogger("library").addHandler(logging.StreamHandler(sys.stderr))  # made before start()
+        from peftlab import grading
+        REF = grading.start()
+        warnings.warn("a warning")
+        logging.getLogger("student").warning("a log record")
+        logging.getLogger("library").warning("a library's record")
+        print("written to stderr", file=sys.stderr)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stderr == "", proc.stderr
+    for text in ("a warning", "a log record", "a library's record", "written to stderr"):
+        assert text in proc.stdout, (text, proc.stdout)
+
+
+def test_references_are_captured_and_read_only():
+    ref = grading.REFERENCES
+    assert ref.assert_close is torch.testing.assert_close and ref.isclose is math.isclose
+    with pytest.raises(AttributeError):
+        ref.isclose = lambda *args, **kwargs: True
+
+
+def test_check_untouched_sees_a_replaced_function(monkeypatch):
+    grading.check_untouched()
+    monkeypatch.setattr(math, "isclose", lambda *args, **kwargs: True)
+    with pytest.raises(AssertionError, match="math.isclose"):
+        grading.check_untouched()
+    assert grading.REFERENCES.isclose(1.0, 1.0) and not grading.REFERENCES.isclose(1.0, 2.0)  # the original
+
+
+def test_switched_off_reaches_reexports_and_aliases_and_restores():
+    original = utils.count_parameters
+    assert peftlab.count_parameters is original  # re-exported by the package
+    namespace = {"count": original, "other": len}
+    with grading.switched_off("peftlab.utils.count_parameters", namespace=namespace):
+        for function in (utils.count_parameters, peftlab.count_parameters, namespace["count"]):
+            with pytest.raises(AssertionError, match="switched off"):
+                function(torch.nn.Linear(2, 2))
+        assert namespace["other"] is len
+    assert utils.count_parameters is original and peftlab.count_parameters is original and namespace["count"] is original
+    with pytest.raises(AttributeError, match="no attribute"):
+        with grading.switched_off("peftlab.utils.no_such_function"):
+            pass
+
+
+@pytest.mark.parametrize("answer, found", [
+    ("torch.testing.assert_close = lambda *a, **k: None", "assigns to torch.testing.assert_close"),
+    ("math.isclose = lambda *a, **k: True", "assigns to math.isclose"),
+    ("import torch.testing as tt\ntt.assert_close = None", "assigns to torch.testing.assert_close"),
+    ("F.cross_entropy = None", "assigns to torch.nn.functional.cross_entropy"),
+    ("np.allclose = None", "assigns to numpy.allclose"),
+    ("import builtins\nbuiltins.abs = None", "assigns to builtins.abs"),
+    ("__builtins__.abs = None", "assigns to builtins.abs"),
+    ("peftlab.count_parameters = len", "assigns to peftlab.count_parameters"),
+    ("def f():\n    math.isclose = None", "assigns to math.isclose"),
+    ("torch.testing.__dict__['assert_close'] = None", "assigns to torch.testing.__dict__[...]"),
+    ("setattr(torch.testing, 'assert_close', None)", "calls setattr() on torch.testing"),
+    ("vars(math).update(isclose=None)", "changes vars()"),
+    ("globals()['torch'] = None", "writes into globals()"),
+    ("exec('math.isclose = None')", "calls exec()"),
+    ("import sys\nsys.modules['math'] = None", "assigns to sys.modules[...]"),
+    ("def all(values):\n    return True", "rebinds the builtin name 'all'"),
+    ("def f():\n    global sum\n    sum = len", "rebinds the builtin name 'sum'"),
+    ("REF = None", "rebinds 'REF', which a locked cell set up"),
+    ("import numpy as torch", "rebinds 'torch', which a locked cell set up"),
+    ("def tiny_model(seed=0):\n    return 0", "rebinds 'tiny_model', which a locked cell set up"),
+])
+def test_tampering_is_found(answer, found):
+    findings = find_tampering({"cell 'answer'": answer}, LOCKED)
+    assert findings and found in findings[0], findings
+
+
+@pytest.mark.parametrize("answer", [
+    "def f(values):\n    sum = 0\n    for value in values:\n        sum += value\n    return sum",  # a local name
+    "import math\nimport torch\nimport torch.nn.functional as F\nfrom torch.nn import functional as F",  # the same imports
+    "x = torch.zeros(3)\nx[0] = 1\nlayer = torch.nn.Linear(2, 2)\nlayer.weight.data = torch.ones(2, 2)\ntorch.manual_seed(0)",
+    "%timeit 1 + 1\nclass Counter:\n    sum = 3\n    def len(self):\n        return 0",  # magics; names of a class
+    "import warnings\nwarnings.warn('fine')\nfrom peftlab.quant import quantize_4bit\nsetattr(layer, 'weight', None)",
+    "def broken(:\n    pass",  # a syntax error fails when it runs; nothing to read
+])
+def test_ordinary_answers_are_not_flagged(answer):
+    assert find_tampering({"cell 'answer'": answer}, LOCKED) == []
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "solutions").glob("*/*.ipynb")), ids=lambda p: p.parent.name)
+def test_no_solution_is_flagged(path):
+    nb = nbformat.read(path, as_version=4)
+    assert find_tampering(*student_cells(nb)) == []
+
+
+def _notebook(answer: str):
+    nb = nbformat.v4.new_notebook()
+    meta = lambda **kw: {"nbgrader": {"schema_version": 3, "locked": False, "solution": False, "grade": False, **kw}}  # noqa: E731
+    nb.cells = [nbformat.v4.new_code_cell(LOCKED[0], metadata=meta(grade_id="imports", locked=True)),
+                nbformat.v4.new_code_cell(answer, metadata=meta(grade_id="answer", solution=True)),
+                nbformat.v4.new_code_cell("assert True", metadata=meta(grade_id="test", locked=True, grade=True, points=2))]
+    return nb
+
+
+def test_flag_zeroes_every_test_cell_and_says_why():
+    from nbgrader.utils import determine_grade
+
+    nb, _ = FlagTampering().preprocess(_notebook("def f():\n    return 1\nmath.isclose = lambda *a, **k: True"), {})
+    test_cell = nb.cells[-1]
+    assert determine_grade(test_cell) == (0, 2.0)
+    assert test_cell.outputs[0].ename == FLAG_NAME and "math.isclose" in test_cell.outputs[0].evalue
+    assert nb.metadata["peftlab_grading"]["tampering"]
+    clean, _ = FlagTampering().preprocess(_notebook("def f():\n    return 1"), {})
+    assert determine_grade(clean.cells[-1]) == (2.0, 2.0) and clean.metadata["peftlab_grading"]["tampering"] == []
