@@ -3,11 +3,15 @@ functions, switching peftlab's implementations off) and the autograder's static 
 ``peftlab.grading_preprocessors.find_tampering`` (what it flags, what it leaves alone, and that no
 solution in ``solutions/`` is flagged). The nbgrader runs that use them are in ``test_nbgrader.py``.
 
-Run: ``.venv/bin/python -m pytest tests/test_grading.py -n 0``. CPU only, a few seconds.
+Run: ``.venv/bin/python -m pytest tests/test_grading.py -n 0``. CPU only, a few seconds, and one
+tiny ``nbgrader autograde`` run (marked ``nbgrader``, about half a minute): a deleted test cell after a
+heading is restored and graded.
 """
 from __future__ import annotations
 
+import copy
 import math
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -138,3 +142,53 @@ def test_flag_zeroes_every_test_cell_and_says_why():
     assert nb.metadata["peftlab_grading"]["tampering"]
     clean, _ = FlagTampering().preprocess(_notebook("def f():\n    return 1"), {})
     assert determine_grade(clean.cells[-1]) == (2.0, 2.0) and clean.metadata["peftlab_grading"]["tampering"] == []
+
+
+def _course_notebook():
+    """A two-part assignment whose second test cell comes right after a locked heading, with hidden tests."""
+    def meta(grade_id, **flags):
+        return {"nbgrader": {"schema_version": 3, "grade_id": grade_id, "locked": False, "solution": False,
+                             "grade": False, **flags}}
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_code_cell("x = 1", metadata=meta("setup", locked=True)),
+        nbformat.v4.new_code_cell("def f():\n    ### BEGIN SOLUTION\n    return 2\n    ### END SOLUTION",
+                                  metadata=meta("f", solution=True)),
+        nbformat.v4.new_code_cell("assert f() == 2", metadata=meta("test_f", locked=True, grade=True, points=1)),
+        nbformat.v4.new_markdown_cell("## Part B (1 point)", metadata=meta("part_b", locked=True)),
+        nbformat.v4.new_code_cell("assert x == 1\n### BEGIN HIDDEN TESTS\nassert f() + x == 3\n### END HIDDEN TESTS",
+                                  metadata=meta("test_sum", locked=True, grade=True, points=1)),
+    ]
+    return nb
+
+
+@pytest.mark.nbgrader
+def test_a_deleted_test_cell_after_a_heading_is_restored(tmp_path):
+    """nbgrader 0.9.6's own add_missing_cells fails (KeyError) for a test cell right after a locked heading."""
+    import os
+
+    from nbgrader.api import Gradebook
+
+    shutil.copy(ROOT / "nbgrader_config.py", tmp_path)
+    (tmp_path / "solutions" / "t").mkdir(parents=True)
+    source = _course_notebook()
+    nbformat.write(source, tmp_path / "solutions" / "t" / "t.ipynb")
+    submission = copy.deepcopy(source)
+    del submission.cells[4]  # the test cell after the heading
+    (tmp_path / "submitted" / "student" / "t").mkdir(parents=True)
+    nbformat.write(submission, tmp_path / "submitted" / "student" / "t" / "t.ipynb")
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    env.pop("NBGRADER_EXECUTION", None)
+    for args in (["generate_assignment", "t", "--force"], ["autograde", "t"]):
+        proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=tmp_path, env=env, capture_output=True, text=True)
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and "| ERROR]" not in log, log[-3000:]
+    with Gradebook(f"sqlite:///{tmp_path / 'gradebook.db'}", "peftlab") as gradebook:
+        grades = {g.name: (g.score, g.needs_manual_grade) for nb in gradebook.find_submission("t", "student").notebooks
+                  for g in nb.grades}
+    assert grades == {"test_f": (1.0, False), "test_sum": (1.0, False)}, grades
+    graded = nbformat.read(tmp_path / "autograded" / "student" / "t" / "t.ipynb", as_version=4)
+    ids = [cell.metadata.get("nbgrader", {}).get("grade_id") for cell in graded.cells]
+    assert ids == ["setup", "f", "test_f", "part_b", "test_sum"], ids
+    assert "assert f() + x == 3" in graded.cells[4].source  # restored with its hidden test
