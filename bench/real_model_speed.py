@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from peftlab import apply_method, count_parameters, format_bytes, get_device, load_base, set_seed  # noqa: E402
 from peftlab.memory import probe_training_step  # noqa: E402
+from peftlab.state import model_hooks  # noqa: E402
 from peftlab.train import TrainConfig, make_optimizer  # noqa: E402
 from peftlab.world import english_paragraphs  # noqa: E402
 
@@ -87,7 +88,7 @@ def step(model, optimizer, batch, index: int = 0) -> float:
     """One AdamW step with the method's hooks (the Fisher mask, AdaLoRA's ranks) as the loop calls them; its seconds."""
     begin = time.perf_counter()
     model.train()
-    hooks = list(getattr(model, "peftlab_hooks", []))
+    hooks = model_hooks(model)
     loss = model(**batch).loss
     for hook in hooks:
         extra = hook.extra_loss(model, index)

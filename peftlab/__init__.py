@@ -9,7 +9,7 @@ The pieces, each in its own module:
 - ``compare``: every method side by side; ``plots``: figures; ``cli``: ``python -m peftlab``.
 """
 from .evaluate import Evaluation, evaluate_model, learning_and_forgetting, source_metrics, task_metric
-from .methods import METHODS, apply_method, get_method, register
+from .methods import METHODS, RunContext, apply_method, get_method, register, remove_method, trainable_count
 from .models import load_base
 from .train import Hook, TrainConfig, TrainResult, attach_hook, train
 from .utils import count_parameters, format_bytes, get_device, is_quick, print_environment, set_seed, warm_up_cpu_math
@@ -19,7 +19,8 @@ warm_up_cpu_math()
 __version__ = "0.1.0"
 
 __all__ = [
-    "METHODS", "Evaluation", "Hook", "TrainConfig", "TrainResult", "apply_method", "attach_hook",
+    "METHODS", "Evaluation", "Hook", "RunContext", "TrainConfig", "TrainResult", "apply_method", "attach_hook",
     "count_parameters", "evaluate_model", "format_bytes", "get_device", "get_method", "is_quick",
-    "learning_and_forgetting", "load_base", "print_environment", "register", "set_seed", "source_metrics", "task_metric", "train",
+    "learning_and_forgetting", "load_base", "print_environment", "register", "remove_method", "set_seed", "source_metrics",
+    "task_metric", "train", "trainable_count",
 ]

@@ -11,17 +11,15 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import evaluate, world
-from .methods import METHODS, get_method
-from .models import load_base
 from .memory import measure_training_memory, weight_bytes
+from .methods import METHODS, RunContext, get_method, trainable_count
+from .models import load_base
 from .train import TrainConfig, train
-from .methods.bitfit import bias_parameters
-from .methods.sparse import get_mask_hook, mask_size
-from .utils import ParamCount, count_parameters, format_bytes, get_device, set_seed
+from .utils import format_bytes, get_device, set_seed
 
 
 @dataclass
@@ -47,31 +45,19 @@ class CompareConfig:
         return TrainConfig(**options)
 
 
-def prepare_model(name: str, cfg: CompareConfig, total_steps: int | None = None, device=None):
-    """A fresh base with method ``name`` applied, seeded by ``cfg.seed``; returns (model, tokenizer)."""
-    method = get_method(name)
+def prepare_model(name: str, cfg: CompareConfig, total_steps: int | None = None, device=None, examples=None):
+    """A fresh base with method ``name`` applied, seeded by ``cfg.seed``; returns (model, tokenizer).
+
+    The method learns what the run is through a ``RunContext``: the task and its training examples
+    (the Fisher mask sums over them), the number of steps (AdaLoRA's rank schedule) and the seed. The
+    comparison lets a method adapt the architecture where it could not apply otherwise: BitFit on a
+    model without bias terms (SmolLM2, most Llama-style models) trains zero biases, as lecture 06 shows.
+    """
     set_seed(cfg.seed)
     model, tokenizer = load_base(cfg.model, device=device or get_device(verbose=False))
-    # Methods that look at data before training (the Fisher mask) name their task in a ``task`` field:
-    # the comparison fills it in, so every method sees the same task. Methods whose schedule depends on
-    # the length of training (AdaLoRA's rank budget) get it in a ``total_step`` field.
-    option_names = {f.name for f in fields(method.config_cls)}
-    overrides = {k: v for k, v in (("task", cfg.task), ("seed", cfg.seed),
-                                   ("total_step", total_steps or cfg.steps)) if k in option_names}
-    # A model without bias terms (SmolLM2, most Llama-style models) gets BitFit's zero biases: the
-    # comparison's BitFit row then trains those, as lecture 06 shows.
-    if "add_missing_biases" in option_names and not bias_parameters(model):
-        overrides["add_missing_biases"] = True
-    return method.apply(model, **overrides), tokenizer
-
-
-def trainable_count(model) -> ParamCount:
-    """Trainable parameters, counting a sparse mask's entries rather than the tensors it lives in."""
-    params = count_parameters(model)
-    mask_hook = get_mask_hook(model)
-    if mask_hook is not None:  # a sparse mask trains only its entries, though whole tensors hold gradients
-        params = ParamCount(mask_size(mask_hook.masks), params.total)
-    return params
+    context = RunContext(task=cfg.task, examples=examples, tokenizer=tokenizer, total_steps=total_steps or cfg.steps,
+                         seed=cfg.seed, adapt_architecture=True)
+    return get_method(name).apply(model, context=context), tokenizer
 
 
 def run_method(name: str, cfg: CompareConfig, examples, task, before: evaluate.Evaluation, progress=True) -> dict:

@@ -29,7 +29,7 @@ training hook that measures the bytes each rank holds, from its local shards), `
     python -m peftlab distributed --method lora --nproc 2        # the same, launched for you
 
 The course's training loop (``peftlab.train.train``) runs unchanged: it finds the method's hooks
-through the wrappers (``peftlab.train.unwrap_model``). Hooks read whole tensors (the sparse mask,
+through the wrappers (``peftlab.state.unwrap_model``). Hooks read whole tensors (the sparse mask,
 AdaLoRA's global ranking of triplets), which a shard is not; so under FSDP2 a hooked method's
 *trainable* parameters stay whole on every rank, their gradients all-reduced as DDP does, and only
 the frozen base is sharded.
@@ -51,7 +51,8 @@ from torch import nn
 
 from .data import IGNORE_INDEX
 from .memory import MemoryBreakdown, estimate_memory
-from .train import Hook, unwrap_model
+from .state import model_hooks, unwrap_model
+from .train import Hook
 
 #: strategy -> (ZeRO stage it is the analogue of, what each rank holds)
 STRATEGIES = {
@@ -181,7 +182,7 @@ def wrap(model: nn.Module, strategy: str = "ddp", world: Dist | None = None) -> 
 
 def has_hooks(model: nn.Module) -> bool:
     """Does the method attach training hooks (``peftlab.train.attach_hook``)?"""
-    return bool(getattr(unwrap_model(model), "peftlab_hooks", None))
+    return bool(model_hooks(model))
 
 
 # ---- whole tensors again -----------------------------------------------------------------------------

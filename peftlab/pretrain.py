@@ -12,7 +12,6 @@ The model is a Llama (RMSNorm, rotary positions, SwiGLU MLP) with bias terms in 
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -26,6 +25,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from . import world
 from .data import encode_example, pack
 from .models import BASE_DIR
+from .train import warmup_factor
 from .utils import set_seed
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>"]
@@ -112,11 +112,8 @@ def pretrain(cfg: PretrainConfig = PretrainConfig(), out_dir: Path = BASE_DIR, p
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
 
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        progress_ = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress_)))
+    def lr_at(step: int) -> float:  # warm-up, then cosine decay to 5% of the peak
+        return cfg.lr * warmup_factor(step, cfg.warmup, cfg.steps, floor=0.05)
 
     gen = torch.Generator().manual_seed(cfg.seed)
     epoch, blocks, cursor = 0, None, 0

@@ -175,7 +175,8 @@ def run_one(run: dict, cfg: SweepConfig, base: dict, meta: dict) -> list[dict]:
     import torch
 
     from . import world
-    from .compare import CompareConfig, prepare_model, trainable_count
+    from .compare import CompareConfig, prepare_model
+    from .methods import trainable_count
     from .memory import weight_bytes
     from .train import train
 

@@ -9,10 +9,10 @@ their own:
   accumulate an importance score);
 - ``after_step(model, step, optimizer)``: after the optimizer (restore masked weights, prune rank).
 
-Hooks come from the ``hooks=`` argument and from ``model.peftlab_hooks`` (a list a method's
-``apply`` may attach with ``attach_hook``). A wrapped model (DDP, ``peftlab.distributed``'s wrapper,
-``torch.compile``) hides that attribute and prefixes every parameter name, so hooks are found on,
-and called with, the model inside the wrappers (``unwrap_model``).
+Hooks come from the ``hooks=`` argument and from the model's state (``peftlab.state``: a method's
+``apply`` attaches them with ``attach_hook``). A wrapped model (DDP, FSDP, ``peftlab.distributed``'s
+wrapper, ``torch.compile``) prefixes every parameter name, so hooks are found on, and called with,
+the model inside the wrappers (``unwrap_model``).
 
 Mixed precision follows the device: bf16 autocast on GPUs that support it, fp16 autocast with a
 GradScaler on the others (Colab's T4), fp32 on a CPU.
@@ -28,7 +28,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import batches
-from .utils import get_autocast_dtype, set_seed
+from .memory.probe import optimizer_state_bytes
+from .state import model_hooks, peft_state, unwrap_model
+from .utils import get_autocast_dtype, set_seed, unique_parameters
 from . import world
 from .world import Example
 
@@ -47,23 +49,8 @@ class Hook:
 
 
 def attach_hook(model, hook: Hook) -> None:
-    """Make ``hook`` part of ``model`` so every training loop that sees the model calls it."""
-    hooks = getattr(model, "peftlab_hooks", None)
-    if hooks is None:
-        hooks = []
-        model.peftlab_hooks = hooks
-    hooks.append(hook)
-
-
-def unwrap_model(model):
-    """The model inside any wrappers: DDP's and ``peftlab.distributed``'s ``.module``, torch.compile's ``._orig_mod``."""
-    while True:
-        inner = getattr(model, "module", None)
-        if not isinstance(inner, torch.nn.Module):
-            inner = getattr(model, "_orig_mod", None)
-        if not isinstance(inner, torch.nn.Module):
-            return model
-        model = inner
+    """Make ``hook`` part of ``model``'s state so every training loop that sees the model calls it."""
+    peft_state(model, create=True).hooks.append(hook)
 
 
 @dataclass
@@ -90,7 +77,7 @@ class TrainResult:
     seconds: float = 0.0
     tokens: int = 0  # non-padding tokens seen
     grad_bytes: int = 0  # bytes held in .grad tensors at the optimizer step
-    optimizer_state_bytes: int = 0  # bytes held in the optimizer's state tensors
+    optimizer_state_bytes: int = 0  # bytes of the optimizer's per-parameter state (memory.optimizer_state_bytes)
 
     @property
     def seconds_per_step(self) -> float:
@@ -102,12 +89,7 @@ class TrainResult:
 
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:
-    seen, params = set(), []
-    for p in model.parameters():
-        if p.requires_grad and id(p) not in seen:
-            seen.add(id(p))
-            params.append(p)
-    return params
+    return unique_parameters(model, trainable_only=True)
 
 
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -118,27 +100,25 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def warmup_factor(step: int, warmup: int, steps: int, floor: float | None) -> float:
+    """Multiplier of the peak rate at ``step``: linear warm-up over ``warmup`` steps, then a cosine decay
+    to ``floor`` at ``steps`` (``floor=None``: constant). Fine-tuning and pretraining both use it."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if floor is None:
+        return 1.0
+    progress = (step - warmup) / max(1, steps - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
 def lr_schedule(cfg: TrainConfig) -> Callable[[int], float]:
     """Multiplier of the peak rate at ``step``: linear warm-up, then cosine decay to 10% (or constant:
     with ``schedule="constant"`` a checkpoint after k steps is exactly a k-step run, which lets one
     sweep run stand for every shorter training length)."""
     if cfg.schedule not in ("cosine", "constant"):
         raise ValueError(f"schedule must be 'cosine' or 'constant', not {cfg.schedule!r}")
-
-    def factor(step: int) -> float:
-        if step < cfg.warmup:
-            return (step + 1) / cfg.warmup
-        if cfg.schedule == "constant":
-            return 1.0
-        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return factor
-
-
-def state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    return sum(v.numel() * v.element_size() for s in optimizer.state.values()
-               for v in s.values() if torch.is_tensor(v))
+    floor = 0.1 if cfg.schedule == "cosine" else None
+    return lambda step: warmup_factor(step, cfg.warmup, cfg.steps, floor)
 
 
 def train(model, tokenizer, examples: Sequence[Example], cfg: TrainConfig = TrainConfig(),
@@ -150,7 +130,7 @@ def train(model, tokenizer, examples: Sequence[Example], cfg: TrainConfig = Trai
     set_seed(cfg.seed)
     device = next(model.parameters()).device
     inner = unwrap_model(model)  # what the hooks see: names and attributes without a wrapper's prefix
-    hooks = list(hooks) + list(getattr(inner, "peftlab_hooks", []))
+    hooks = list(hooks) + model_hooks(inner)
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg))
     amp_dtype = get_autocast_dtype(device) if cfg.mixed_precision else None
@@ -186,7 +166,7 @@ def train(model, tokenizer, examples: Sequence[Example], cfg: TrainConfig = Trai
             hook.after_step(inner, step, optimizer)
         optimizer.zero_grad(set_to_none=True)
         if step == 0:
-            result.optimizer_state_bytes = state_bytes(optimizer)
+            result.optimizer_state_bytes = optimizer_state_bytes(optimizer)
         result.losses.append(float(loss.detach()))
         result.tokens += int(batch["attention_mask"].sum())
         if progress and step % 10 == 0:

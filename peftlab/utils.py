@@ -82,18 +82,37 @@ class ParamCount:
         return f"{self.trainable:,} / {self.total:,} trainable ({self.percent:.3f}%)"
 
 
+def unique_parameters(model_or_params, trainable_only: bool = False) -> list[torch.nn.Parameter]:
+    """The parameters of a model (or an iterable of them), each shared tensor once (tied embeddings),
+    in order; only those with ``requires_grad`` when ``trainable_only``."""
+    params = model_or_params.parameters() if isinstance(model_or_params, torch.nn.Module) else model_or_params
+    seen: set[int] = set()
+    unique = []
+    for p in params:
+        if id(p) not in seen and (p.requires_grad or not trainable_only):
+            seen.add(id(p))
+            unique.append(p)
+    return unique
+
+
+def lookup(table: dict, name: str, what: str, *, normalize: bool = False):
+    """``table[name]``, or a KeyError that names what exists: "unknown precision 'fp8'; known: fp32, ...".
+
+    ``normalize`` compares lower case with "-" for "_" (``"AdamW_8bit"`` finds ``"adamw-8bit"``)."""
+    key = name.lower().replace("_", "-") if normalize and isinstance(name, str) else name
+    if key not in table:
+        raise KeyError(f"unknown {what} {name!r}; known: {', '.join(map(str, table))}")
+    return table[key]
+
+
 def count_parameters(model: torch.nn.Module) -> ParamCount:
     """Trainable and total parameters, each shared tensor counted once (tied embeddings).
 
     A quantized weight is stored in buffers, not parameters; a module that holds one says how many
     weights it stands for in ``quantized_numel`` (QLoRA's ``Linear4bit``), and they count as frozen.
     """
-    seen: set[int] = set()
     trainable = total = 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
+    for p in unique_parameters(model):
         total += p.numel()
         if p.requires_grad:
             trainable += p.numel()

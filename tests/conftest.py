@@ -34,3 +34,37 @@ def fresh_base():
     from peftlab import load_base
 
     return load_base("tiny")
+
+
+# ---------------------------------------------------------------------------- tiny models from configs
+
+def _tiny_vocab() -> int:
+    import json
+
+    from peftlab.models import BASE_DIR
+
+    return json.loads((BASE_DIR / "config.json").read_text())["vocab_size"]
+
+
+def tiny_llama(vocab_size: int | None = None, seed: int = 0, **overrides):
+    """A freshly initialised 2-layer Llama (grouped-query attention, biases on), no download. The default
+    vocabulary is the tiny base's, so the course's tokenizer and tasks feed it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    options = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, vocab_size=vocab_size or _tiny_vocab(), max_position_embeddings=256,
+                   attention_bias=True, mlp_bias=True, tie_word_embeddings=True)
+    options.update(overrides)
+    return LlamaForCausalLM(LlamaConfig(**options))
+
+
+def tiny_gpt2(vocab_size: int | None = None, seed: int = 0, **overrides):
+    """A freshly initialised 2-layer GPT-2 (``Conv1D`` layers, dropout off), no download."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    options = dict(vocab_size=vocab_size or _tiny_vocab(), n_embd=32, n_layer=2, n_head=4, n_positions=256,
+                   bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    options.update(overrides)
+    return GPT2LMHeadModel(GPT2Config(**options))

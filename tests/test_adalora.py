@@ -9,6 +9,8 @@ import math
 import warnings
 
 import pytest
+
+from peftlab.state import model_hooks
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -106,7 +108,7 @@ def test_final_kept_rank_equals_budget_after_training(fresh_base):
                              target_modules=["q_proj", "v_proj", "down_proj"])
     apply_method(model, "adalora", **config)
     apply_method(model, "adalora", **config)  # idempotent: one hook, same layers
-    assert len(model.peftlab_hooks) == 1 and len(adalora_layers(model)) == 12
+    assert len(model_hooks(model)) == 1 and len(adalora_layers(model)) == 12
     examples = world.get_task("addition").train_examples(64)
     train(model, tokenizer, examples, TrainConfig(steps=steps, batch_size=4, lr=1e-2, warmup=2), progress=False)
     allocator = get_rank_allocator(model)

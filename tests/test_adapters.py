@@ -10,7 +10,8 @@ from transformers import (BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadMod
                           LlamaForCausalLM)
 
 from peftlab import METHODS, apply_method, count_parameters
-from peftlab.methods.adapters import Adapter, WithAdapter, adapter_modules, remove_adapters
+from peftlab.methods import remove_method
+from peftlab.methods.adapters import Adapter, WithAdapter, adapter_modules
 
 N_LAYERS, HIDDEN = 2, 32
 
@@ -127,10 +128,11 @@ def test_idempotent_apply_and_remove(fresh_base):
     assert count_parameters(model) == counts
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, trained)
-    with pytest.raises(ValueError, match="already has adapters"):
+    with pytest.raises(ValueError, match="remove_method"):
         apply_method(model, "pfeiffer")
-    remove_adapters(model)
+    remove_method(model)
     assert not any(isinstance(m, WithAdapter) for m in model.modules())
+    assert count_parameters(model).trainable == count_parameters(model).total  # the flags as before
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, reference)
     apply_method(model, "pfeiffer")

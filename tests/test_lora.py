@@ -261,13 +261,14 @@ def test_apply_is_idempotent_and_keeps_trained_weights():
     randomize(model)
     before = {n: p.clone() for n, p in model.named_parameters()}
     counts = count_parameters(model)
-    apply_lora(model, LoraConfig(r=4))
-    apply_method(model, "lora")
+    apply_lora(model, LoraConfig(r=4))  # the same config again: a no-op
+    apply_method(model, "lora", r=4)
     assert count_parameters(model) == counts
     assert not any(isinstance(layer.base_layer, LoraLayer) for layer in lora_layers(model).values())
     for name, p in model.named_parameters():
         torch.testing.assert_close(p, before[name], atol=0, rtol=0)
-    apply_lora(model, LoraConfig(r=4, target_modules=["q_proj"]))  # already wrapped: still no second wrapper
+    with pytest.raises(ValueError, match="remove_method"):  # another config: an error, never a silent keep
+        apply_lora(model, LoraConfig(r=4, target_modules=["q_proj"]))
     assert count_parameters(model) == counts
 
 

@@ -45,9 +45,9 @@ def test_nf4_is_4_127_bits():
     assert estimate_memory(0, quantized=64 * 256 * 8).weights == 64 * 256 * 8 * memory.NF4_BITS_PER_PARAM / 8
 
 
-def test_seed_claims_by_arithmetic():
+def test_claimed_totals_by_arithmetic():
     """56 GB is 8 B/param (pure 16-bit with 16-bit Adam states); mixed-precision AdamW is 16 B/param, 112 GB."""
-    claims = memory.seed_claims(7e9)
+    claims = memory.claimed_totals(7e9)
     assert claims["fp16"] == claims["bf16"] == 56 * GB
     assert claims["mixed"] == claims["fp32"] == 112 * GB
     assert bytes_per_param("mixed", "adamw").total - 4 == 12  # ZeRO's K = 12 beyond 16-bit weights + grads

@@ -2,6 +2,8 @@
 CPU only, seconds."""
 import pytest
 
+from peftlab.methods import remove_method
+
 from peftlab import METHODS, apply_method, count_parameters, get_method
 
 
@@ -33,6 +35,10 @@ def test_full_trains_everything_base_nothing(fresh_base):
     assert counts.trainable == counts.total > 0
     apply_method(model, "full")  # idempotent
     assert count_parameters(model) == counts
+    with pytest.raises(ValueError, match="remove_method"):
+        apply_method(model, "base")
+    model = remove_method(model)  # the flags as they were before: all frozen
+    assert count_parameters(model).trainable == 0
     apply_method(model, "base")
     assert count_parameters(model).trainable == 0
 

@@ -8,6 +8,8 @@ import copy
 import warnings
 
 import pytest
+
+from peftlab.methods import remove_method
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
@@ -172,9 +174,11 @@ def test_only_virtual_tokens_receive_gradients(method):
 def test_idempotent_apply():
     model = apply_method(base_model("llama"), "prefix", num_virtual_tokens=P)
     assert apply_method(model, "prefix", num_virtual_tokens=P) is model
-    other = apply_method(model, "prefix", num_virtual_tokens=P + 1)
+    with pytest.raises(ValueError, match="remove_method"):
+        apply_method(model, "prefix", num_virtual_tokens=P + 1)
+    other = apply_method(remove_method(model), "prefix", num_virtual_tokens=P + 1)
     assert isinstance(other, PrefixTuningModel) and not isinstance(other.base_model, PrefixTuningModel)
-    prompt = apply_method(other, "prompt", num_virtual_tokens=P)
+    prompt = apply_method(remove_method(other), "prompt", num_virtual_tokens=P)
     assert isinstance(prompt, PromptTuningModel) and apply_method(prompt, "prompt", num_virtual_tokens=P) is prompt
     assert not isinstance(prompt.base_model, (PrefixTuningModel, PromptTuningModel))
 

@@ -7,6 +7,9 @@ import math
 import pytest
 import torch
 
+from peftlab.methods import remove_method
+from peftlab.state import peft_state
+
 from peftlab import analysis, cli, world
 from peftlab.compare import CompareConfig
 from peftlab.data import batches
@@ -151,15 +154,19 @@ def test_full_dropout_is_active_in_training_only(fresh_base):
     with torch.no_grad():
         reference = model(**batch).logits
     get_method("full_dropout").apply(model)
-    assert model.peftlab_dropout == 0.1
+    assert len(peft_state(model).extras["dropout_hooks"]) == 2 * model.config.num_hidden_layers
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, reference)  # eval mode: no dropout
         model.train()
         a, b = model(**batch).logits, model(**batch).logits
     assert not torch.equal(a, b) and not torch.equal(a, reference)
     get_method("full_dropout").apply(model)  # applying again keeps one set of hooks
-    with pytest.raises(ValueError, match="fresh model"):
+    assert len(peft_state(model).extras["dropout_hooks"]) == 2 * model.config.num_hidden_layers
+    with pytest.raises(ValueError, match="remove_method"):
         get_method("full").apply(model, dropout=0.3)
+    remove_method(model)  # the hooks go: training mode is deterministic again
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, model(**batch).logits)
 
 
 def test_readme_table_is_reproduced_from_the_reference_sweep(reference):

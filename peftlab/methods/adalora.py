@@ -30,15 +30,17 @@ schedule and the choice of triplets follow peft step for step (the tests check b
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
+from ..state import model_hooks
 from ..train import Hook, attach_hook
-from . import register
+from . import register, removes
 from .lora import find_lora_targets
-from .targets import LINEAR_TYPES, Conv1D, freeze, replace_module
+from .lowrank import LowRankLayer, unload_low_rank
+from .targets import freeze, replace_module
 
 RANKNUM_EPS = 1e-5  # peft divides by (r + 1e-5); kept so outputs match peft's to the last bit
 
@@ -54,7 +56,7 @@ class AdaLoraConfig:
     beta2: float = 0.85  # EMA of the uncertainty
     orth_reg_weight: float = 0.5  # weight of the orthogonality regularizer (0 disables it)
     orth_squared: bool = True  # True: the paper's squared Frobenius norm; False: peft's unsquared norm
-    total_step: int | None = None  # training steps; the schedule needs it (compare fills it in)
+    total_step: int | None = None  # training steps the schedule spans; None: the run's (RunContext.total_steps)
     alpha: float = 12.0  # the update is scaled by alpha / init_r
     dropout: float = 0.0  # dropout on the input of the update, training only
     # name suffixes (["q_proj", "v_proj"]) or one regex for the whole name; None: every linear layer but the output head
@@ -66,7 +68,7 @@ def schedule_phases(config: AdaLoraConfig) -> tuple[int, int, int]:
     total = config.total_step
     if total is None or total <= 0:
         raise ValueError("AdaLoRA's budget schedule needs total_step, the number of training steps: "
-                         "pass total_step=... (the comparison fills it in from --steps)")
+                         "pass total_step=... or a RunContext(total_steps=...) (the comparison passes its --steps)")
     tinit = round(0.1 * total) if config.tinit is None else config.tinit
     # at least one final step, so the last allocation (at step total_step - tfinal) happens inside training
     tfinal = min(max(1, round(0.2 * total)), total - 1 - tinit) if config.tfinal is None else config.tfinal
@@ -97,73 +99,39 @@ def budget_schedule(step: int, config: AdaLoraConfig, n_matrices: int = 1) -> tu
     return int((init_budget - target_budget) * remaining ** 3 + target_budget), step % config.deltaT == 0
 
 
-class SVDLinear(nn.Module):
+class SVDLinear(LowRankLayer):
     """A frozen ``nn.Linear`` / ``Conv1D`` plus ``scaling * lora_B @ diag(lora_E) @ lora_A`` (P Λ Q).
 
     ``rank_mask`` records which triplets the last allocation kept; pruning zeroes the masked entries of
     ``lora_E``, so a masked triplet adds nothing (its P and Q may still train and it may come back at a
-    later allocation, as in the paper).
+    later allocation, as in the paper). Checks, layout, dtype, merge and unmerge: ``LowRankLayer``.
     """
 
+    method = "AdaLoRA"
+
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float = 0.0):
-        super().__init__()
-        if not isinstance(base_layer, LINEAR_TYPES):
-            raise TypeError(f"AdaLoRA adapts nn.Linear or Conv1D layers, not {type(base_layer).__name__}")
-        if r <= 0:
-            raise ValueError(f"AdaLoRA's init_r must be a positive integer, got {r}")
-        self.base_layer = base_layer
-        self.fan_in_fan_out = bool(Conv1D) and isinstance(base_layer, Conv1D)
-        weight = base_layer.weight
-        d_in, d_out = weight.shape if self.fan_in_fan_out else weight.shape[::-1]
-        self.in_features, self.out_features, self.r, self.alpha = d_in, d_out, r, alpha
+        super().__init__(base_layer, r, dropout)
+        self.alpha = alpha
         self.scaling = alpha / (r + RANKNUM_EPS)  # peft: lora_alpha / (ranknum + 1e-5), ranknum = initial r
-        dtype = weight.dtype if weight.is_floating_point() and weight.element_size() >= 4 else torch.float32
+        device, dtype = base_layer.weight.device, self.adapter_dtype
         # peft's initialisation: Λ = 0 (the update starts at zero), P and Q small Gaussians
-        self.lora_A = nn.Parameter(torch.empty(r, d_in, dtype=dtype, device=weight.device))  # Q
-        self.lora_E = nn.Parameter(torch.zeros(r, 1, dtype=dtype, device=weight.device))  # Λ
-        self.lora_B = nn.Parameter(torch.empty(d_out, r, dtype=dtype, device=weight.device))  # P
+        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, dtype=dtype, device=device))  # Q
+        self.lora_E = nn.Parameter(torch.zeros(r, 1, dtype=dtype, device=device))  # Λ
+        self.lora_B = nn.Parameter(torch.empty(self.out_features, r, dtype=dtype, device=device))  # P
         nn.init.normal_(self.lora_A, mean=0.0, std=0.02)
         nn.init.normal_(self.lora_B, mean=0.0, std=0.02)
-        self.register_buffer("rank_mask", torch.ones(r, dtype=torch.bool, device=weight.device), persistent=False)
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.merged = False
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
+        self.register_buffer("rank_mask", torch.ones(r, dtype=torch.bool, device=device), persistent=False)
 
     @property
     def kept_rank(self) -> int:
         return int(self.rank_mask.sum())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base_layer(x)
-        if self.merged:
-            return result
-        lora_x = self.lora_dropout(x.to(self.lora_A.dtype))
-        update = lora_x @ (self.lora_A * self.lora_E).T @ self.lora_B.T  # (..., d_in) -> (..., r) -> (..., d_out)
-        return (result + update * self.scaling).to(result.dtype)
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ (self.lora_A * self.lora_E).T @ self.lora_B.T  # (..., d_in) -> (..., r) -> (..., d_out)
 
     def delta_weight(self) -> torch.Tensor:
         """``scaling * P Λ Q`` in the base weight's layout."""
-        delta = self.lora_B @ (self.lora_A * self.lora_E) * self.scaling  # (d_out, d_in)
-        return delta.T if self.fan_in_fan_out else delta
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        if not self.merged:
-            self.base_layer.weight += self.delta_weight().to(self.base_layer.weight.dtype)
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            self.base_layer.weight -= self.delta_weight().to(self.base_layer.weight.dtype)
-            self.merged = False
+        return self._oriented(self.lora_B @ (self.lora_A * self.lora_E) * self.scaling)  # (d_out, d_in)
 
     def extra_repr(self) -> str:
         return f"init_r={self.r}, kept={self.kept_rank}, alpha={self.alpha}, merged={self.merged}"
@@ -295,16 +263,17 @@ class RankAllocator(Hook):
 
 
 def get_rank_allocator(model: nn.Module) -> RankAllocator | None:
-    return next((h for h in getattr(model, "peftlab_hooks", []) if isinstance(h, RankAllocator)), None)
+    return next((h for h in model_hooks(model) if isinstance(h, RankAllocator)), None)
 
 
 @register("adalora", AdaLoraConfig, family="reparameterization", lr=3.162e-2,
           description="AdaLoRA: LoRA as P·Λ·Q whose rank is pruned to where it matters (Zhang et al. 2023)")
-def apply_adalora(model: nn.Module, config: AdaLoraConfig) -> nn.Module:
+def apply_adalora(model: nn.Module, config: AdaLoraConfig, context=None) -> nn.Module:
     """Freeze ``model``, wrap each target layer in an ``SVDLinear``, attach the ``RankAllocator`` hook.
 
-    Applying again keeps the existing layers and replaces the hook (a re-run cell does not stack two).
-    """
+    ``total_step`` left at None is the run's length (``context.total_steps``)."""
+    if config.total_step is None and context is not None and context.total_steps:
+        config = replace(config, total_step=context.total_steps)
     schedule_phases(config)  # fail before touching the model
     freeze(model)
     for name, layer in find_lora_targets(model, config.target_modules, wrapper=SVDLinear):
@@ -313,8 +282,11 @@ def apply_adalora(model: nn.Module, config: AdaLoraConfig) -> nn.Module:
     for layer in adalora_layers(model).values():
         for p in (layer.lora_A, layer.lora_E, layer.lora_B):
             p.requires_grad_(True)
-    hooks = getattr(model, "peftlab_hooks", None)
-    if hooks:
-        hooks[:] = [h for h in hooks if not isinstance(h, RankAllocator)]
     attach_hook(model, RankAllocator(model, config))
     return model
+
+
+@removes("adalora")
+def unload_adalora(model: nn.Module) -> nn.Module:
+    """Put the plain base layers back (what AdaLoRA learned is dropped)."""
+    return unload_low_rank(model, SVDLinear)

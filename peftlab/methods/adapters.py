@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import register
-from .targets import LINEAR_TYPES, find_targets, freeze, replace_module
+from . import register, removes
+from .targets import LINEAR_TYPES, find_targets, freeze, is_norm, replace_module
 
 # Where the adapters go, per architecture: targets in the format of ``targets.find_targets`` (a list of
 # name suffixes, or one regular expression matching the whole name). "attention" is the attention output
@@ -130,50 +130,49 @@ def remove_adapters(model: nn.Module) -> nn.Module:
     """Put the original modules back (the adapters and what they learned are dropped)."""
     for name, wrapped in adapter_modules(model):
         replace_module(model, name, wrapped.module)
-    model.peftlab_adapter_config = None
     return model
 
 
 def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     """Freeze ``model`` and wrap every placement target with a fresh adapter (in place).
 
-    Applying the same config again does nothing (a re-run notebook cell keeps its trained adapters);
-    a different config is an error, because stacking two sets of adapters is rarely what was meant.
+    Stacking two sets of adapters is rarely what was meant, so a model that has adapters is an error
+    (through ``apply_method``, the same config again is a no-op: see the methods contract).
     """
-    existing = getattr(model, "peftlab_adapter_config", None)
     if adapter_modules(model):
-        if existing != config:
-            raise ValueError(f"this model already has adapters ({existing}); call "
-                             "peftlab.methods.adapters.remove_adapters(model) first or load a fresh base")
-    else:
-        d = hidden_size(model)
-        r = config.bottleneck or max(1, d // config.reduction_factor)
-        for place, targets in placement_targets(model, config).items():
-            # the attention output projection is a linear layer; the feed-forward block may be any module
-            types = (nn.Module,) if place == "mlp" else LINEAR_TYPES
-            for name, module in find_targets(model, targets, types=types):
-                reference = next(module.parameters())
-                adapter = Adapter(d, r, config.nonlinearity, config.residual,
-                                  device=reference.device, dtype=reference.dtype)
-                replace_module(model, name, WithAdapter(module, adapter))
-        model.peftlab_adapter_config = config
+        raise ValueError("this model already has adapters; undo them with peftlab.remove_method(model) "
+                         "(or peftlab.methods.adapters.remove_adapters) first, or load a fresh base")
+    d = hidden_size(model)
+    r = config.bottleneck or max(1, d // config.reduction_factor)
+    for place, targets in placement_targets(model, config).items():
+        # the attention output projection is a linear layer; the feed-forward block may be any module
+        types = (nn.Module,) if place == "mlp" else LINEAR_TYPES
+        for name, module in find_targets(model, targets, types=types):
+            reference = next(module.parameters())
+            adapter = Adapter(d, r, config.nonlinearity, config.residual,
+                              device=reference.device, dtype=reference.dtype)
+            replace_module(model, name, WithAdapter(module, adapter))
     freeze(model)
     for _, wrapped in adapter_modules(model):
         wrapped.adapter.requires_grad_(True)
     if config.train_norms:
         for module in model.modules():
-            if "norm" in type(module).__name__.lower():  # LayerNorm, LlamaRMSNorm, ...
+            if is_norm(module):  # LayerNorm, LlamaRMSNorm, ...
                 module.requires_grad_(True)
     return model
 
 
 @register("houlsby", HoulsbyConfig, family="additive", lr=1e-2,
           description="bottleneck adapters after attention and after the MLP (Houlsby et al. 2019)")
-def apply_houlsby(model, config: HoulsbyConfig):
+def apply_houlsby(model, config: HoulsbyConfig, context=None):
     return add_adapters(model, config)
 
 
 @register("pfeiffer", PfeifferConfig, family="additive", lr=3e-2,
           description="bottleneck adapter after the MLP only (Pfeiffer et al. 2021)")
-def apply_pfeiffer(model, config: PfeifferConfig):
+def apply_pfeiffer(model, config: PfeifferConfig, context=None):
     return add_adapters(model, config)
+
+
+removes("houlsby")(remove_adapters)
+removes("pfeiffer")(remove_adapters)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import register
-from .targets import LINEAR_TYPES, freeze
+from .targets import LINEAR_TYPES, freeze, is_norm, output_head_name
 
 
 @dataclass
@@ -27,11 +27,6 @@ class BitFitConfig:
     add_missing_biases: bool = False  # add zero-initialised biases to linear layers without one (changes the architecture)
     include_norm_biases: bool = True  # LayerNorm's shift (beta) counts as a bias (BERT, GPT-2); RMSNorm has none
     head_names: tuple[str, ...] = ("classifier", "score")  # task heads that train fully where the model has one
-
-
-def is_norm(module: nn.Module) -> bool:
-    """LayerNorm, RMSNorm and the like (matched by class name: each library has its own class)."""
-    return isinstance(module, nn.LayerNorm) or "norm" in type(module).__name__.lower()
 
 
 def bias_parameters(model: nn.Module, include_norm_biases: bool = True) -> list[tuple[str, nn.Parameter]]:
@@ -50,9 +45,9 @@ def bias_parameters(model: nn.Module, include_norm_biases: bool = True) -> list[
 
 def linear_layers_without_bias(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Linear layers (``nn.Linear``, GPT-2's ``Conv1D``) with no bias, except the output head."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = output_head_name(model)
     return [(name, module) for name, module in model.named_modules()
-            if isinstance(module, LINEAR_TYPES) and module is not head and module.bias is None]
+            if isinstance(module, LINEAR_TYPES) and name != head and module.bias is None]
 
 
 def add_zero_biases(model: nn.Module) -> list[str]:
@@ -92,8 +87,11 @@ def no_bias_message(model: nn.Module) -> str:
 
 @register("bitfit", BitFitConfig, family="selective", lr=1e-1,
           description="BitFit: only the bias terms train (Ben Zaken et al. 2021)")
-def apply_bitfit(model: nn.Module, config: BitFitConfig) -> nn.Module:
-    if config.add_missing_biases:
+def apply_bitfit(model: nn.Module, config: BitFitConfig, context=None) -> nn.Module:
+    """Freeze ``model`` and train its bias terms. A comparison run (``context.adapt_architecture``) adds
+    zero biases to a model that has none, as ``add_missing_biases=True`` would."""
+    adapt = context is not None and context.adapt_architecture and not bias_parameters(model)
+    if config.add_missing_biases or adapt:
         add_zero_biases(model)  # idempotent: a second call finds nothing missing
     biases = bias_parameters(model, config.include_norm_biases)
     if not biases:

@@ -14,8 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch.nn.functional as F
+from torch import nn
 
-from . import register
+from ..state import peft_state
+from . import register, removes
+from .targets import is_norm, output_head_name
 
 
 @dataclass
@@ -39,35 +42,38 @@ def _residual_dropout_hook(p: float):
     return hook
 
 
-def add_residual_dropout(model, p: float) -> int:
-    """Dropout ``p`` on the output of every attention and MLP block (once: a model already
-    carrying it keeps its hooks). Returns the number of blocks."""
+def add_residual_dropout(model, p: float) -> list:
+    """Dropout ``p`` on the output of every attention and MLP block; returns the hooks' handles
+    (``handle.remove()`` takes one off)."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout must be in [0, 1), not {p}")
-    if getattr(model, "peftlab_dropout", None) is not None:
-        if model.peftlab_dropout != p:
-            raise ValueError(f"the model already has residual dropout {model.peftlab_dropout}; load a fresh model")
-        return 0
     blocks = [m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] in BLOCK_OUTPUTS]
-    for module in blocks:
-        module.register_forward_hook(_residual_dropout_hook(p))
-    model.peftlab_dropout = p
-    return len(blocks)
+    return [module.register_forward_hook(_residual_dropout_hook(p)) for module in blocks]
 
 
-@register("full", FullFinetuneConfig, family="baseline", lr=3.162e-4,
-          description="full fine-tuning: every weight trains")
-def apply_full(model, config: FullFinetuneConfig):
-    for name, param in model.named_parameters():
-        trainable = True
-        if not config.train_embeddings and ("embed" in name or "lm_head" in name or "wte" in name or "wpe" in name):
-            trainable = False
-        if not config.train_norms and "norm" in name:
-            trainable = False
-        param.requires_grad_(trainable)
+def _apply_full(model, config: FullFinetuneConfig, context=None):
+    head = output_head_name(model)
+    frozen = set()  # ids of the parameters the config leaves out
+    for name, module in model.named_modules():
+        if (not config.train_embeddings and (isinstance(module, nn.Embedding) or (head and name == head))) or \
+                (not config.train_norms and is_norm(module)):
+            frozen.update(id(p) for p in module.parameters())
+    for param in model.parameters():
+        param.requires_grad_(id(param) not in frozen)
     if config.dropout:
-        add_residual_dropout(model, config.dropout)
+        peft_state(model, create=True).extras["dropout_hooks"] = add_residual_dropout(model, config.dropout)
     return model
+
+
+def _remove_full(model):
+    state = peft_state(model)
+    for handle in state.extras.get("dropout_hooks", []) if state is not None else ():
+        handle.remove()
+    return model
+
+
+apply_full = register("full", FullFinetuneConfig, family="baseline", lr=3.162e-4,
+                      description="full fine-tuning: every weight trains")(_apply_full)
 
 
 @dataclass
@@ -80,11 +86,13 @@ REPLAY = 0.25  # share of every batch drawn from the source data
 
 
 register("full_wd", FullFinetuneConfig, family="baseline", lr=1e-3, train_options={"weight_decay": WEIGHT_DECAY},
-         description=f"full fine-tuning with AdamW weight decay {WEIGHT_DECAY}")(apply_full)
+         description=f"full fine-tuning with AdamW weight decay {WEIGHT_DECAY}")(_apply_full)
 register("full_dropout", FullDropoutConfig, family="baseline", lr=1e-3,
-         description="full fine-tuning with dropout 0.1 on every attention and MLP output")(apply_full)
+         description="full fine-tuning with dropout 0.1 on every attention and MLP output")(_apply_full)
 register("full_replay", FullFinetuneConfig, family="baseline", lr=1e-3, train_options={"replay": REPLAY},
-         description=f"full fine-tuning with replay: {REPLAY:.0%} of every batch is source data")(apply_full)
+         description=f"full fine-tuning with replay: {REPLAY:.0%} of every batch is source data")(_apply_full)
+for _name in ("full", "full_wd", "full_dropout", "full_replay"):
+    removes(_name)(_remove_full)
 
 
 @dataclass
@@ -94,6 +102,6 @@ class BaseConfig:
 
 @register("base", BaseConfig, family="reference", lr=0.0, trains=False,
           description="the pretrained base, untouched (reference row)")
-def apply_base(model, config: BaseConfig):
+def apply_base(model, config: BaseConfig, context=None):
     model.requires_grad_(False)
     return model

@@ -18,8 +18,9 @@ The values are the adapters' updates δ_n and the residual h is added after the 
 term cancels). With the attention forced onto adapter n (``force_adapter``) and V = I, a fused layer
 computes h + δ_n, exactly what the model with adapter n alone computes.
 
-The task adapters are trained by ``train_task_adapters`` and cached on disk (``results/cache``, keyed by
-the base weights and every training setting), so the comparison trains them once.
+The task adapters are trained by ``train_task_adapters`` and cached on disk (``$PEFTLAB_CACHE``, else
+the user's cache directory, ``~/.cache/peftlab`` on Linux; keyed by the base weights and every training
+setting), so the comparison trains them once.
 """
 from __future__ import annotations
 
@@ -34,21 +35,21 @@ import torch
 from torch import nn
 
 from .. import world
+from ..state import clear_state
 from ..train import Hook, TrainConfig, attach_hook, train
-from . import get_method, register
+from . import RunContext, get_method, register, removes
 from .adapters import Adapter, PfeifferConfig, add_adapters, adapter_modules, hidden_size, placement_targets
 from .targets import find_targets, freeze, replace_module
 
-COURSE_ROOT = Path(__file__).resolve().parents[2]
-CACHE_ENV = "PEFTLAB_CACHE"  # where trained task adapters are kept; default results/cache
+CACHE_ENV = "PEFTLAB_CACHE"  # where trained task adapters are kept; default: the user's cache directory
 
 
 @dataclass
 class FusionConfig:
-    task: str = "new_people"  # the target task the fusion layers train on (the comparison fills it in)
+    task: str | None = None  # the target task the fusion layers train on; None: the run's (else new_people)
     source_tasks: tuple[str, ...] = ("addition", "sentiment")  # tasks with an adapter besides the target's
     include_target_adapter: bool = True  # also an adapter trained on the target task (as in the paper)
-    adapter_steps: int | None = None  # steps per task adapter; None: half of total_step (100 if unknown)
+    adapter_steps: int | None = None  # steps per task adapter; None: half of the run's steps (100 if unknown)
     adapter_lr: float | None = None  # None: the registered learning rate of "pfeiffer" (3e-2; sentiment needs ~3e-3)
     adapter_batch_size: int = 16
     adapter_n_train: int = 2000  # training examples per task adapter
@@ -56,14 +57,15 @@ class FusionConfig:
     temperature: float = 1.0  # softmax temperature of the fusion attention
     value_offdiag: float = 1e-6  # V starts as the identity plus this off the diagonal (Pfeiffer et al.)
     value_reg_weight: float = 0.01  # weight of ||I - V||² in the loss (0 disables it)
-    seed: int = 0  # adapter training seed (the comparison fills it in)
-    total_step: int | None = None  # steps of the fusion training (the comparison fills it in)
-    cache_dir: str | None = None  # None: $PEFTLAB_CACHE or results/cache
+    adapter_seed: int | None = None  # seeds the task adapters' data and initialisation; None: the run's seed
+    cache_dir: str | None = None  # None: $PEFTLAB_CACHE, else the user's cache directory
 
 
-def fusion_task_names(config: FusionConfig) -> list[str]:
-    """The tasks that get an adapter: the source tasks, then the target (each once)."""
-    names = list(config.source_tasks) + ([config.task] if config.include_target_adapter else [])
+def fusion_task_names(config: FusionConfig, target: str | None = None) -> list[str]:
+    """The tasks that get an adapter: the source tasks, then the target (``config.task``, else
+    ``target``, else new_people), each once."""
+    target = config.task or target or "new_people"
+    names = list(config.source_tasks) + ([target] if config.include_target_adapter else [])
     names = list(dict.fromkeys(names))
     for name in names:
         world.get_task(name)  # unknown names: an error listing the tasks
@@ -73,10 +75,10 @@ def fusion_task_names(config: FusionConfig) -> list[str]:
     return names
 
 
-def adapter_steps(config: FusionConfig) -> int:
+def adapter_steps(config: FusionConfig, total_steps: int | None = None) -> int:
     if config.adapter_steps is not None:
         return config.adapter_steps
-    return max(1, config.total_step // 2) if config.total_step else 100
+    return max(1, total_steps // 2) if total_steps else 100
 
 
 # ------------------------------------------------------------------------------ the fusion layer
@@ -160,9 +162,12 @@ def base_fingerprint(model: nn.Module) -> str:
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """Where task adapters are cached: ``cache_dir``, else ``$PEFTLAB_CACHE``, else ``results/cache`` at the
-    course's root (next to ``peftlab/``), whatever the working directory (a lecture runs in ``lectures/``)."""
-    return Path(cache_dir or os.environ.get(CACHE_ENV) or COURSE_ROOT / "results" / "cache")
+    """Where task adapters are cached: ``cache_dir``, else ``$PEFTLAB_CACHE``, else the user's cache
+    directory (``$XDG_CACHE_HOME/peftlab``, by default ``~/.cache/peftlab``): never inside the installed
+    package, and the same folder whatever the working directory (a lecture runs in ``lectures/``)."""
+    if cache_dir or os.environ.get(CACHE_ENV):
+        return Path(cache_dir or os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "peftlab"
 
 
 def _resolve_base(model_name_or_base, tokenizer=None):
@@ -191,7 +196,7 @@ def train_task_adapters(model_name_or_base, tasks, steps: int = 100, *, lr: floa
     """One Pfeiffer adapter per task, each trained alone on a copy of the base: ``{task: adapter state}``.
 
     The state maps parameter names (``model.layers.0.mlp.adapter.down.weight``) to CPU tensors. Each
-    adapter is cached under ``cache_dir`` (default ``$PEFTLAB_CACHE`` or ``results/cache``) in a folder
+    adapter is cached under ``cache_root(cache_dir)`` in a folder
     named by a hash of the base weights and every setting; a later call with the same settings loads
     it instead of training. ``use_cache=False`` always trains (and does not write).
     """
@@ -221,7 +226,7 @@ def train_task_adapters(model_name_or_base, tasks, steps: int = 100, *, lr: floa
             except Exception as err:  # a half-written file: train again
                 print(f"ignoring an unreadable cached adapter in {folder}: {err}")
         model = copy.deepcopy(base)
-        model.peftlab_hooks = []  # a copy must not carry the base's training hooks
+        clear_state(model)  # a copy must not carry the base's method state or training hooks
         add_adapters(model, adapter_config)
         task = world.get_task(task_name)
         train(model, tokenizer, task.train_examples(n_train, seed=seed),
@@ -277,53 +282,59 @@ def apply_fusion(model: nn.Module, adapter_states: dict[str, dict[str, torch.Ten
 
     ``adapter_states`` is ``{task: state}`` from ``train_task_adapters``; its order is the order of
     the adapters in every fusion layer. Only the fusion layers (Q, K, V) train. Applying again with
-    the same tasks keeps the fusion layers as they are.
+    a model that already fuses adapters is an error.
     """
     if len(adapter_states) < 2:
         raise ValueError(f"AdapterFusion needs at least two task adapters, got {list(adapter_states)}")
     tasks = list(adapter_states)
-    existing = fusion_modules(model)
-    if existing:
-        have = list(next(iter(existing.values())).adapters)
-        if have != tasks:
-            raise ValueError(f"this model already fuses {have}; load a fresh base to fuse {tasks}")
-    else:
-        d = hidden_size(model)
-        adapter_config = PfeifferConfig(bottleneck=config.bottleneck)
-        placement = placement_targets(model, adapter_config)["mlp"]
-        for name, module in find_targets(model, placement, types=(nn.Module,)):
-            reference = next(module.parameters())
-            adapters = {}
-            for task, state in adapter_states.items():
-                prefix = f"{name}.adapter."
-                weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-                if not weights:
-                    raise ValueError(f"the {task!r} adapter has no weights for layer {name} (its keys look like "
-                                     f"{next(iter(state), '(none)')}): was it trained on this base?")
-                bottleneck = weights["down.weight"].shape[0]
-                adapter = Adapter(d, bottleneck, device=reference.device, dtype=reference.dtype)
-                adapter.load_state_dict(weights)
-                adapters[task] = adapter
-            fusion = AdapterFusion(d, len(adapters), config.temperature, config.value_offdiag,
-                                   device=reference.device, dtype=reference.dtype)
-            replace_module(model, name, WithAdapterFusion(module, adapters, fusion))
-        model.peftlab_fusion_tasks = tasks
+    if fusion_modules(model):
+        raise ValueError(f"this model already fuses {fusion_tasks(model)}; undo it with peftlab.remove_method(model) "
+                         f"(or remove_fusion) or load a fresh base to fuse {tasks}")
+    d = hidden_size(model)
+    adapter_config = PfeifferConfig(bottleneck=config.bottleneck)
+    placement = placement_targets(model, adapter_config)["mlp"]
+    for name, module in find_targets(model, placement, types=(nn.Module,)):
+        reference = next(module.parameters())
+        adapters = {}
+        for task, state in adapter_states.items():
+            prefix = f"{name}.adapter."
+            weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if not weights:
+                raise ValueError(f"the {task!r} adapter has no weights for layer {name} (its keys look like "
+                                 f"{next(iter(state), '(none)')}): was it trained on this base?")
+            bottleneck = weights["down.weight"].shape[0]
+            adapter = Adapter(d, bottleneck, device=reference.device, dtype=reference.dtype)
+            adapter.load_state_dict(weights)
+            adapters[task] = adapter
+        fusion = AdapterFusion(d, len(adapters), config.temperature, config.value_offdiag,
+                               device=reference.device, dtype=reference.dtype)
+        replace_module(model, name, WithAdapterFusion(module, adapters, fusion))
     freeze(model)
     for wrapped in fusion_modules(model).values():
         wrapped.fusion.requires_grad_(True)
-    hooks = getattr(model, "peftlab_hooks", None)
-    if hooks:
-        hooks[:] = [h for h in hooks if not isinstance(h, ValueRegularizer)]
     if config.value_reg_weight:
         attach_hook(model, ValueRegularizer(config.value_reg_weight))
     return model
 
 
+def fusion_tasks(model: nn.Module) -> list[str]:
+    """The tasks ``model`` fuses, in the order of the adapters in every fusion layer."""
+    layers = fusion_modules(model)
+    if not layers:
+        raise ValueError("this model has no fusion layers: apply AdapterFusion first")
+    return list(next(iter(layers.values())).adapters)
+
+
+def remove_fusion(model: nn.Module) -> nn.Module:
+    """Put the original feed-forward blocks back (the task adapters and the fusion layers are dropped)."""
+    for name, wrapped in fusion_modules(model).items():
+        replace_module(model, name, wrapped.module)
+    return model
+
+
 def force_adapter(model: nn.Module, index: int | str | None) -> nn.Module:
     """Put every fusion layer's attention on one adapter (its index or task name); ``None`` undoes it."""
-    tasks = getattr(model, "peftlab_fusion_tasks", None)
-    if not fusion_modules(model):
-        raise ValueError("this model has no fusion layers: apply AdapterFusion first")
+    tasks = fusion_tasks(model)
     if isinstance(index, str):
         if index not in tasks:
             raise KeyError(f"no adapter for task {index!r}; this model fuses {tasks}")
@@ -340,7 +351,7 @@ def fusion_attention(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[s
     """Mean attention over the adapters per fusion layer, ``{layer name: (N,)}``, over the batch's real tokens.
 
     ``batch`` holds ``input_ids`` and ``attention_mask`` (a batch from ``peftlab.data.batches``);
-    the order of the N entries is ``model.peftlab_fusion_tasks``.
+    the order of the N entries is ``fusion_tasks(model)``.
     """
     layers = fusion_modules(model)
     if not layers:
@@ -366,15 +377,19 @@ def fusion_attention(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[s
     return out
 
 
-@register("fusion", FusionConfig, family="additive", lr=3e-3,
+@register("fusion", FusionConfig, family="additive", lr=3e-3, identity_at_init=False,
           description="AdapterFusion: frozen task adapters mixed by a trained attention per layer (Pfeiffer et al. 2021)")
-def apply_adapter_fusion(model: nn.Module, config: FusionConfig) -> nn.Module:
-    """Train (or load from the cache) one adapter per task on a copy of ``model``, then fuse them into ``model``."""
-    tasks = fusion_task_names(config)
-    if fusion_modules(model):  # a re-run cell: keep the trained fusion
-        return apply_fusion(model, {t: {} for t in getattr(model, "peftlab_fusion_tasks", tasks)}, config)
-    states = train_task_adapters(model, tasks, adapter_steps(config), lr=config.adapter_lr,
+def apply_adapter_fusion(model: nn.Module, config: FusionConfig, context=None) -> nn.Module:
+    """Train (or load from the cache) one adapter per task on a copy of ``model``, then fuse them into
+    ``model``. The run's task, steps and seed (``context``) fill what the config leaves at None."""
+    context = context or RunContext()
+    tasks = fusion_task_names(config, context.task)
+    seed = context.seed if config.adapter_seed is None else config.adapter_seed
+    states = train_task_adapters(model, tasks, adapter_steps(config, context.total_steps), lr=config.adapter_lr,
                                  bottleneck=config.bottleneck, batch_size=config.adapter_batch_size,
-                                 n_train=config.adapter_n_train, seed=config.seed, cache_dir=config.cache_dir,
-                                 progress=False)  # apply has no progress switch; compare's tables stay clean
+                                 n_train=config.adapter_n_train, seed=seed, tokenizer=context.tokenizer,
+                                 cache_dir=config.cache_dir, progress=False)  # apply has no progress switch; compare's tables stay clean
     return apply_fusion(model, states, config)
+
+
+removes("fusion")(remove_fusion)

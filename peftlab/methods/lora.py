@@ -25,8 +25,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import register
-from .targets import LINEAR_TYPES, Conv1D, find_targets, freeze, replace_module
+from ..state import peft_state
+from . import register, removes
+from .lowrank import LowRankLayer, unload_low_rank
+from .targets import LINEAR_TYPES, find_targets, freeze, output_head_name, replace_module
 
 PEFT_PREFIX = "base_model.model."  # peft's key prefix: PeftModel.base_model (LoraModel).model (yours)
 CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
@@ -43,79 +45,35 @@ class LoraConfig:
     bias: str = "none"  # biases that also train: "none", "all", or "lora_only" (those of adapted layers)
 
 
-class LoraLayer(nn.Module):
-    """A frozen ``nn.Linear`` or GPT-2 ``Conv1D`` plus the trainable update ``scaling * B @ A``.
+class LoraLayer(LowRankLayer):
+    """A frozen ``nn.Linear`` or GPT-2 ``Conv1D`` plus the trainable update ``scaling * B @ A``
+    (checks, layout, dtype, merge and unmerge: ``peftlab.methods.lowrank.LowRankLayer``)."""
 
-    ``Conv1D`` stores its weight transposed, (d_in, d_out): ``fan_in_fan_out`` is then True and
-    ``delta_weight`` is transposed to match, while A and B keep the ``nn.Linear`` layout, as in peft.
-    """
+    method = "LoRA"
 
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float = 0.0, use_rslora: bool = False):
-        super().__init__()
-        if not isinstance(base_layer, LINEAR_TYPES):
-            raise TypeError(f"LoRA adapts nn.Linear or Conv1D layers, not {type(base_layer).__name__}")
-        if r <= 0:
-            raise ValueError(f"LoRA rank r must be a positive integer, got {r}")
-        self.base_layer = base_layer
-        self.fan_in_fan_out = bool(Conv1D) and isinstance(base_layer, Conv1D)
-        weight = base_layer.weight
-        d_in, d_out = weight.shape if self.fan_in_fan_out else weight.shape[::-1]
-        self.in_features, self.out_features = d_in, d_out
-        self.r, self.alpha, self.use_rslora = r, alpha, use_rslora
+        super().__init__(base_layer, r, dropout)
+        self.alpha, self.use_rslora = alpha, use_rslora
         self.scaling = alpha / math.sqrt(r) if use_rslora else alpha / r
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         # nn.Linear containers, created on the CPU in peft's order (A, B, then re-init A) so that a seed
-        # gives both libraries the same A; fp32 unless the base itself is fp32 or wider (16-bit or
-        # quantized bases keep an fp32 adapter, as peft's autocast_adapter_dtype does)
-        dtype = weight.dtype if weight.is_floating_point() and weight.element_size() >= 4 else torch.float32
-        self.lora_A = nn.Linear(d_in, r, bias=False, dtype=dtype)
-        self.lora_B = nn.Linear(r, d_out, bias=False, dtype=dtype)
+        # gives both libraries the same A
+        self.lora_A = nn.Linear(self.in_features, r, bias=False, dtype=self.adapter_dtype)
+        self.lora_B = nn.Linear(r, self.out_features, bias=False, dtype=self.adapter_dtype)
         self.reset_lora_parameters()
-        self.lora_A.to(weight.device)
-        self.lora_B.to(weight.device)
-        self.merged = False
+        self.lora_A.to(base_layer.weight.device)
+        self.lora_B.to(base_layer.weight.device)
 
     def reset_lora_parameters(self) -> None:
         # A like nn.Linear's default (the LoRA reference code), B zero: B @ A = 0, the base is unchanged
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
 
-    @property
-    def weight(self) -> torch.Tensor:  # code that reads layer.weight (dtype, device) sees the base's
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base_layer(x)
-        if self.merged:
-            return result  # the update already sits in the base weight
-        lora_x = x.to(self.lora_A.weight.dtype)
-        update = self.lora_B(self.lora_A(self.lora_dropout(lora_x)))  # (..., r) -> (..., d_out)
-        return (result + update * self.scaling).to(result.dtype)
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lora_B(self.lora_A(x))  # (..., d_in) -> (..., r) -> (..., d_out)
 
     def delta_weight(self) -> torch.Tensor:
         """``scaling * B @ A`` in the base weight's layout: (d_out, d_in), or (d_in, d_out) for Conv1D."""
-        delta = (self.lora_B.weight @ self.lora_A.weight) * self.scaling  # (d_out, d_in)
-        return delta.T if self.fan_in_fan_out else delta
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Add the update into the base weight; forward then runs the base layer alone."""
-        if not self.merged:
-            weight = self.base_layer.weight
-            weight += self.delta_weight().to(weight.dtype)
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Subtract the update again (exact up to floating-point rounding)."""
-        if self.merged:
-            weight = self.base_layer.weight
-            weight -= self.delta_weight().to(weight.dtype)
-            self.merged = False
+        return self._oriented((self.lora_B.weight @ self.lora_A.weight) * self.scaling)
 
     def extra_repr(self) -> str:
         return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:.4g}, merged={self.merged}"
@@ -124,13 +82,6 @@ class LoraLayer(nn.Module):
 def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:
     """Every ``LoraLayer`` in ``model`` by dotted name."""
     return {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
-
-
-def output_head_name(model: nn.Module) -> str | None:
-    """Dotted name of the output projection (``lm_head``, BERT's ``cls.predictions.decoder``), if any."""
-    get = getattr(model, "get_output_embeddings", None)
-    head = get() if callable(get) else None
-    return next((name for name, m in model.named_modules() if m is head), None) if head is not None else None
 
 
 def find_lora_targets(model: nn.Module, target_modules, wrapper: type = LoraLayer) -> list[tuple[str, nn.Module]]:
@@ -150,8 +101,8 @@ def find_lora_targets(model: nn.Module, target_modules, wrapper: type = LoraLaye
 
 @register("lora", LoraConfig, family="reparameterization", lr=3e-3,
           description="LoRA: a trainable low-rank update (alpha/r) B A beside every frozen linear layer")
-def apply_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
-    """Freeze ``model`` and wrap each target layer in a ``LoraLayer`` (in place; layers already wrapped are kept)."""
+def apply_lora(model: nn.Module, config: LoraConfig, context=None) -> nn.Module:
+    """Freeze ``model`` and wrap each target layer in a ``LoraLayer`` (in place)."""
     if config.bias not in ("none", "all", "lora_only"):
         raise ValueError(f"LoRA bias must be 'none', 'all' or 'lora_only', got {config.bias!r}")
     freeze(model)
@@ -167,8 +118,14 @@ def apply_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
         for name, param in model.named_parameters():
             if name.rsplit(".", 1)[-1] == "bias":
                 param.requires_grad_(True)
-    model.peftlab_lora_bias = config.bias  # save_lora writes the trained biases too
+    peft_state(model, create=True).extras["lora_bias"] = config.bias  # save_lora writes the trained biases too
     return model
+
+
+@removes("lora")
+def unload_lora(model: nn.Module) -> nn.Module:
+    """Put the plain base layers back without merging (what LoRA learned is dropped)."""
+    return unload_low_rank(model, LoraLayer)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -230,7 +187,8 @@ def save_lora(model: nn.Module, folder: str | Path, base_model_name_or_path: str
     if len(settings) > 1:
         raise ValueError("the LoRA layers of this model differ in rank, alpha, rsLoRA or dropout; "
                          f"save_lora writes one setting for all of them, found {sorted(settings)}")
-    bias = getattr(model, "peftlab_lora_bias", "none")
+    state = peft_state(model)
+    bias = state.extras.get("lora_bias", "none") if state is not None else "none"
     params = dict(model.named_parameters())
     keys = [f"{name}.lora_{ab}.weight" for name in layers for ab in "AB"] + _bias_keys(model, layers, bias)
     tensors = {PEFT_PREFIX + key: params[key].detach().cpu().contiguous() for key in keys}

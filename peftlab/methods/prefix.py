@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from . import register
+from . import register, removes
 from .targets import freeze
 
 
@@ -197,15 +197,19 @@ class PrefixTuningModel(_Wrapper):
     merge = fold
 
 
-@register("prefix", PrefixConfig, family="additive", lr=3e-4,
+@register("prefix", PrefixConfig, family="additive", lr=3e-4, wraps=True, identity_at_init=False,
           description="prefix tuning: trainable keys/values in every layer (Li & Liang 2021)")
-def apply_prefix(model, config: PrefixConfig):
-    """Wrap ``model`` in a ``PrefixTuningModel`` (applying the same config again returns it unchanged)."""
-    if isinstance(model, (PrefixTuningModel, PromptTuningModel)):
-        if isinstance(model, PrefixTuningModel) and model.prefix_config == config:
-            return model
-        model = model.base_model
+def apply_prefix(model, config: PrefixConfig, context=None):
+    """Freeze ``model`` and wrap it in a ``PrefixTuningModel``: use the returned model."""
     return PrefixTuningModel(model, config)
+
+
+def unwrap(model):
+    """The model a prefix or prompt wrapper holds (what ``remove_method`` returns)."""
+    return model.base_model
+
+
+removes("prefix")(unwrap)
 
 
 # ----------------------------------------------------------------------------------- prompt tuning
@@ -259,12 +263,11 @@ class PromptTuningModel(_Wrapper):
         return torch.cat([input_ids, new_tokens], dim=1)
 
 
-@register("prompt", PromptConfig, family="additive", lr=3.0,
+@register("prompt", PromptConfig, family="additive", lr=3.0, wraps=True, identity_at_init=False,
           description="prompt tuning: trainable input embeddings (Lester et al. 2021)")
-def apply_prompt(model, config: PromptConfig):
-    """Wrap ``model`` in a ``PromptTuningModel`` (applying the same config again returns it unchanged)."""
-    if isinstance(model, (PrefixTuningModel, PromptTuningModel)):
-        if isinstance(model, PromptTuningModel) and model.prompt_config == config:
-            return model
-        model = model.base_model
+def apply_prompt(model, config: PromptConfig, context=None):
+    """Freeze ``model`` and wrap it in a ``PromptTuningModel``: use the returned model."""
     return PromptTuningModel(model, config)
+
+
+removes("prompt")(unwrap)

@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import kernels
 from ..quant import DYNAMIC_CODE, DoubleQuantState, Quantized4bit, dequantize_4bit, quantize_4bit, stored_bytes
-from . import register
+from . import register, removes
 from .lora import LoraLayer, find_lora_targets
 from .targets import Conv1D, freeze, replace_module
 
@@ -220,15 +220,12 @@ def qlora_layers(model: nn.Module) -> dict[str, QLoraLayer]:
     return {name: m for name, m in model.named_modules() if isinstance(m, QLoraLayer)}
 
 
-@register("qlora", QLoraConfig, family="reparameterization", lr=3e-3,
+@register("qlora", QLoraConfig, family="reparameterization", lr=3e-3, identity_at_init=False,
           description="QLoRA: frozen NF4 4-bit base (double-quantized scales) + a LoRA update")
-def apply_qlora(model: nn.Module, config: QLoraConfig) -> nn.Module:
-    """Freeze ``model``, quantize each target layer to 4 bits and wrap it in a LoRA adapter (in place;
-    layers already wrapped are kept)."""
+def apply_qlora(model: nn.Module, config: QLoraConfig, context=None) -> nn.Module:
+    """Freeze ``model``, quantize each target layer to 4 bits and wrap it in a LoRA adapter (in place)."""
     freeze(model)
     for name, layer in find_lora_targets(model, config.target_modules):
-        if isinstance(layer, LoraLayer):
-            continue  # already adapted (by QLoRA or LoRA): leave it as it is
         base = Linear4bit.from_linear(layer, config.quant_type, config.blocksize, config.double_quant,
                                       config.compute_dtype)
         replace_module(model, name, QLoraLayer(base, config.r, config.alpha, config.dropout))
@@ -236,6 +233,12 @@ def apply_qlora(model: nn.Module, config: QLoraConfig) -> nn.Module:
         layer.lora_A.weight.requires_grad_(True)
         layer.lora_B.weight.requires_grad_(True)
     return model
+
+
+@removes("qlora")
+def remove_qlora(model: nn.Module) -> nn.Module:
+    raise ValueError("QLoRA quantized the base's weights to 4 bits in place, and rounding cannot be undone: "
+                     "load a fresh base (peftlab.load_base()) instead of removing QLoRA")
 
 
 __all__ = ["Linear4bit", "QLoraConfig", "QLoraLayer", "apply_qlora", "from_bnb", "qlora_layers"]

@@ -35,8 +35,9 @@ from tqdm.auto import tqdm
 
 from .. import world
 from ..data import IGNORE_INDEX, collate, encode_example
+from ..state import model_hooks, peft_state
 from ..train import Hook, attach_hook
-from . import register
+from . import RunContext, register
 from .targets import freeze
 
 # --------------------------------------------------------------------------- the empirical Fisher
@@ -220,17 +221,21 @@ class MaskedUpdate(Hook):
         for name, param, mask in self.trained(model):
             param.copy_(torch.where(mask, param, self.reference[name]))
 
+    def trained_count(self) -> int:
+        """Entries that train: what the optimizer really updates (``peftlab.methods.trainable_count``)."""
+        return mask_size(self.masks)
+
     def remove(self, model: nn.Module) -> None:
         for handle in self.handles:
             handle.remove()
         self.handles, self.hooked = [], {}
-        hooks = getattr(model, "peftlab_hooks", [])
-        if self in hooks:
-            hooks.remove(self)
+        state = peft_state(model)
+        if state is not None and self in state.hooks:
+            state.hooks.remove(self)
 
 
 def get_mask_hook(model: nn.Module) -> MaskedUpdate | None:
-    return next((h for h in getattr(model, "peftlab_hooks", []) if isinstance(h, MaskedUpdate)), None)
+    return next((h for h in model_hooks(model) if isinstance(h, MaskedUpdate)), None)
 
 
 def apply_mask(model: nn.Module, masks: dict[str, torch.Tensor], restore_outside: bool = True) -> nn.Module:
@@ -375,9 +380,9 @@ class FisherMaskConfig:
     keep_fraction: float = 0.005  # fraction of all parameters that train (Sung et al.: 0.5%)
     per_tensor: bool = False  # keep the top fraction of each tensor instead of the top over the whole model
     exclude: tuple[str, ...] = ()  # parameters whose names contain one of these never train, e.g. ("embed_tokens",)
-    task: str = "new_people"  # task whose training examples the Fisher is computed on (peftlab.world.TASKS)
+    task: str | None = None  # task whose training examples the Fisher sums over; None: the run's (else new_people)
     n_samples: int = 128  # N: examples the Fisher sums over
-    seed: int = 0  # which training examples (task.train_examples(n_samples, seed))
+    example_seed: int | None = None  # which training examples (task.train_examples(N, example_seed)); None: the run's seed
     restore_outside: bool = True  # put weights outside the mask back after every step (AdamW's weight decay moves them)
     vectorized: bool = False  # per-example gradients in chunks with torch.func.vmap (worth it on a GPU)
     examples: Sequence[world.Example] | None = field(default=None, repr=False)  # use these instead of the task's
@@ -386,10 +391,17 @@ class FisherMaskConfig:
 
 @register("fisher", FisherMaskConfig, family="selective", lr=1e-2,
           description="sparse fine-tuning: a fixed mask of the top Fisher-information weights (Sung et al. 2021)")
-def apply_fisher(model: nn.Module, config: FisherMaskConfig) -> nn.Module:
-    examples = config.examples if config.examples is not None else \
-        world.get_task(config.task).train_examples(config.n_samples, seed=config.seed)
-    tokenizer = config.tokenizer if config.tokenizer is not None else tokenizer_for(model)
+def apply_fisher(model: nn.Module, config: FisherMaskConfig, context=None) -> nn.Module:
+    """The Fisher over the run's examples (``context``) unless the config names its own: ``examples``,
+    or ``task`` and ``example_seed``."""
+    context = context or RunContext()
+    examples = config.examples
+    if examples is None and config.task is None and context.examples:
+        examples = context.examples
+    if examples is None:
+        seed = context.seed if config.example_seed is None else config.example_seed
+        examples = world.get_task(config.task or context.task or "new_people").train_examples(config.n_samples, seed=seed)
+    tokenizer = config.tokenizer if config.tokenizer is not None else context.tokenizer or tokenizer_for(model)
     fisher = fisher_information(model, tokenizer, list(examples)[:config.n_samples], vectorized=config.vectorized)
     masks = masks_without(lambda scores: top_k_mask(scores, config.keep_fraction, config.per_tensor), fisher,
                           config.exclude)
@@ -401,15 +413,16 @@ class RandomMaskConfig:
     keep_fraction: float = 0.005  # same default as the Fisher mask, so the two have the same size
     per_tensor: bool = False  # the same number of entries per tensor as a per-tensor Fisher mask would keep
     exclude: tuple[str, ...] = ()  # as for the Fisher mask: the same exclusions give the same mask size
-    seed: int = 0  # which random mask
+    mask_seed: int | None = None  # which random mask; None: the run's seed
     restore_outside: bool = True  # put weights outside the mask back after every step
 
 
 @register("random_mask", RandomMaskConfig, family="selective", lr=1e-2,
           description="sparse fine-tuning with a random mask of the Fisher mask's size (the paper's baseline)")
-def apply_random_mask(model: nn.Module, config: RandomMaskConfig) -> nn.Module:
+def apply_random_mask(model: nn.Module, config: RandomMaskConfig, context=None) -> nn.Module:
+    seed = (context.seed if context is not None else 0) if config.mask_seed is None else config.mask_seed
     params = {name: p.detach() for name, p in named_parameters_once(model).items()}
-    masks = masks_without(lambda eligible: random_mask(eligible, config.keep_fraction, config.per_tensor, config.seed),
+    masks = masks_without(lambda eligible: random_mask(eligible, config.keep_fraction, config.per_tensor, seed),
                           params, config.exclude)
     return apply_mask(model, masks, config.restore_outside)
 

@@ -20,6 +20,18 @@ except ImportError:  # pragma: no cover
 LINEAR_TYPES = (nn.Linear, Conv1D) if Conv1D else (nn.Linear,)
 
 
+def is_norm(module: nn.Module) -> bool:
+    """LayerNorm, RMSNorm and the like (matched by class name too: each library has its own class)."""
+    return isinstance(module, nn.LayerNorm) or "norm" in type(module).__name__.lower()
+
+
+def output_head_name(model: nn.Module) -> str | None:
+    """Dotted name of the output projection (``lm_head``, BERT's ``cls.predictions.decoder``), if any."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    return next((name for name, m in model.named_modules() if m is head), None) if head is not None else None
+
+
 def freeze(model: nn.Module) -> nn.Module:
     """Make every existing parameter non-trainable (methods then unfreeze or add what they train)."""
     model.requires_grad_(False)
