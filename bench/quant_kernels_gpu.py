@@ -209,7 +209,8 @@ def main(argv=None) -> int:
               f"{(t or 0) / r['torch_TFLOPs']:>13.2f}{(t / b if t and b else 0):>11.2f}"
               f"{r.get('triton_max_rel_err', 0):>13.1e}")
 
-    problems = [r for r in dequant_rows + fused_rows if r.get("triton_max_rel_err", 0) > (1e-2 if dtype != torch.float32 else 1e-5)]
+    tolerance = 1e-2 if dtype != torch.float32 else 1e-5
+    problems = [r for r in dequant_rows + fused_rows if r.get("triton_max_rel_err", 0) > tolerance]
     meta = {"command": "python bench/quant_kernels_gpu.py" + (" --dry-run" if args.dry_run else ""),
             "device": name, "dtype": str(dtype), "torch": torch.__version__, "copy_GBps": copy_gbps,
             "triton": getattr(sys.modules.get("triton"), "__version__", None), "repeats": repeats}

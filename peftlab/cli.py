@@ -100,7 +100,7 @@ def _cmd_frontier(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     all_points = {}
-    for (method, lr, step), est in result["summary"].items():
+    for (method, _lr, _step), est in result["summary"].items():
         all_points.setdefault(method, []).append({"learning": est[analysis.LEARNING],
                                                   "forgetting": est[analysis.FORGETTING]})
     plot_frontiers(result["frontiers"], all_points).savefig(out / "frontier.png", dpi=120, bbox_inches="tight")
@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("compare", help="compare every registered method on the tiny world")
     p.add_argument("--task", default="new_people", choices=list(world.TASKS), help="target task")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps per method (default: CompareConfig's 50; 20 with PEFTLAB_QUICK=1)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps per method (default: CompareConfig's 50; 20 with PEFTLAB_QUICK=1)")
     p.add_argument("--batch-size", type=int, default=None, help="examples per step (default: CompareConfig's; 8 for smollm2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="tiny", help="base model: 'tiny', 'smollm2' (real, offline; 30 steps, "

@@ -50,16 +50,11 @@ import torch.distributed as dist
 from torch import nn
 
 from .data import IGNORE_INDEX
-from .memory import MemoryBreakdown, estimate_memory
+from .distributed_bytes import BYTE_ROWS, STRATEGIES, LocalBytes, estimate_per_rank, format_rank_table  # noqa: F401
 from .state import model_hooks, unwrap_model
-from .train import Hook
+from .utils import unique_parameters
 
 #: strategy -> (ZeRO stage it is the analogue of, what each rank holds)
-STRATEGIES = {
-    "ddp": (0, "DDP: whole model on every rank, gradients all-reduced"),
-    "fsdp-zero2": (2, "FSDP2, reshard_after_forward=False: gathered weights kept from forward to backward"),
-    "fsdp-zero3": (3, "FSDP2, reshard_after_forward=True: weights gathered for forward, freed, gathered again"),
-}
 
 
 @dataclass(frozen=True)
@@ -171,7 +166,7 @@ def wrap(model: nn.Module, strategy: str = "ddp", world: Dist | None = None) -> 
     from torch.distributed.fsdp import fully_shard
 
     # a method's hooks read whole tensors: keep its trainable parameters whole (FSDP ignores them), shard the rest
-    replicated = _unique(p for p in model.parameters() if p.requires_grad) if has_hooks(model) else []
+    replicated = unique_parameters(model, trainable_only=True) if has_hooks(model) else []
     mesh = init_device_mesh(world.device.type, (world.world_size,))
     reshard = STRATEGIES[strategy][0] == 3
     for block in transformer_blocks(model):
@@ -219,88 +214,6 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
                 seen.add(id(p))
                 state[name] = p.detach().to("cpu", copy=True)
     return state
-
-
-# ---- bytes each rank holds -----------------------------------------------------------------------------
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """This rank's part of a tensor: a DTensor's local shard, or the tensor itself."""
-    from torch.distributed.tensor import DTensor
-
-    return t.to_local() if isinstance(t, DTensor) else t
-
-
-def _nbytes(t: torch.Tensor) -> int:
-    t = _local(t)
-    return t.numel() * t.element_size()
-
-
-def _unique(params) -> list[torch.Tensor]:
-    seen, out = set(), []
-    for p in params:
-        if id(p) not in seen:
-            seen.add(id(p))
-            out.append(p)
-    return out
-
-
-class LocalBytes(Hook):
-    """Measures, at the first step, the bytes this rank holds, from its own tensors (local shards).
-
-    - ``weights``: the parameters' local shards (whole parameters under DDP);
-    - ``gathered``: whole parameters held between forward and backward (what FSDP2 all-gathered and
-      did not free after forward: everything with ``reshard_after_forward=False``, the root's
-      embeddings, norm and head with ``True``);
-    - ``gradients``: the local gradients at the optimizer step (after the all-reduce / reduce-scatter);
-    - ``optimizer``: the optimizer's local state tensors after the step (``step`` counters left out,
-      as the estimator leaves them out).
-    """
-
-    def __init__(self):
-        self.weights = self.gathered = self.gradients = self.optimizer = None
-
-    def extra_loss(self, model, step):
-        from torch.distributed.tensor import DTensor
-
-        if step == 0:  # after forward, before backward
-            params = _unique(model.parameters())
-            self.gathered = sum(_nbytes(p) for p in params if not isinstance(p, DTensor))
-        return None
-
-    def before_step(self, model, step, optimizer):
-        if step == 0:
-            self.gradients = sum(_nbytes(p.grad) for p in _unique(model.parameters()) if p.grad is not None)
-
-    def after_step(self, model, step, optimizer):
-        if step == 0:
-            self.weights = sum(_nbytes(p) for p in _unique(model.parameters()))
-            self.optimizer = sum(_nbytes(v) for s in optimizer.state.values() for k, v in s.items()
-                                 if k != "step" and torch.is_tensor(v))
-
-    def breakdown(self, strategy: str, label: str = "measured") -> MemoryBreakdown:
-        """As the estimator counts: under ``fsdp-zero2`` the weights held during the step are the gathered ones."""
-        weights = self.gathered if strategy == "fsdp-zero2" else self.weights
-        return MemoryBreakdown(label, weights=weights, gradients=self.gradients, optimizer=self.optimizer,
-                               notes={"local shards of the weights": self.weights,
-                                      "gathered between forward and backward": self.gathered})
-
-
-def estimate_per_rank(trainable: int, frozen: int, strategy: str, world_size: int, replicated: bool = False,
-                      label: str = "estimate") -> MemoryBreakdown:
-    """``peftlab.memory.estimate_memory``'s per-rank figures for the ZeRO stage ``strategy`` stands for (fp32 AdamW).
-
-    ``replicated``: the trainable parameters are whole on every rank (a hooked method under FSDP2): they
-    count at stage 0 and the frozen base at the strategy's stage.
-    """
-    stage = STRATEGIES[strategy][0]
-    if not replicated or stage == 0:
-        return estimate_memory(trainable, frozen, precision="fp32", optimizer="adamw", zero_stage=stage,
-                               n_devices=world_size, label=label)
-    whole = estimate_memory(trainable, 0, precision="fp32", optimizer="adamw", zero_stage=0, n_devices=world_size)
-    base = estimate_memory(0, frozen, precision="fp32", optimizer="adamw", zero_stage=stage, n_devices=world_size)
-    return MemoryBreakdown(label, weights=whole.weights + base.weights, gradients=whole.gradients,
-                           optimizer=whole.optimizer, trainable=trainable, params=trainable + frozen,
-                           notes={**base.notes, "trainable parameters": "replicated (stage 0)"})
 
 
 # ---- a deliberately broken synchronization --------------------------------------------------------------
@@ -359,18 +272,16 @@ class RunConfig:
 def method_model(cfg: RunConfig):
     """``(model, tokenizer, train config, examples)`` of a run, before any wrapping: the single-process reference uses it too."""
     from . import world as world_module
-    from .methods import get_method
+    from .methods import RunContext, get_method
     from .models import load_base
     from .train import TrainConfig
     from .utils import set_seed
 
     method = get_method(cfg.method)
     model, tokenizer = load_base("tiny", dtype=getattr(torch, cfg.dtype))
-    options = dict(cfg.options)
-    if cfg.method == "adalora":
-        options.setdefault("total_step", cfg.steps)
+    context = RunContext(task=cfg.task, tokenizer=tokenizer, total_steps=cfg.steps, seed=cfg.seed)
     set_seed(cfg.seed)  # the method's random initialization (LoRA's A) is the same on every rank
-    method.apply(model, **options)
+    method.apply(model, context=context, **cfg.options)
     train_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr or method.lr, seed=cfg.seed,
                             warmup=min(10, cfg.steps), mixed_precision=True)
     examples = world_module.get_task(cfg.task).train_examples(4 * cfg.batch_size * cfg.steps, seed=cfg.seed)
@@ -405,31 +316,6 @@ def run(cfg: RunConfig, world: Dist | None = None, break_sync: bool = False) -> 
             "seconds_per_step": result.seconds_per_step,
             "cuda_peak": torch.cuda.max_memory_allocated(world.device) if cuda else None,
             "state": full_state_dict(parallel)}
-
-
-BYTE_ROWS = ("weights", "gradients", "optimizer")
-
-
-def format_rank_table(results: list[dict]) -> str:
-    """One block per rank: bytes held, measured from the local shards, beside the estimator's per-rank figure."""
-    first = results[0]
-    stage, help_text = STRATEGIES[first["strategy"]]
-    lines = [f"{first['method']} with {first['strategy']} on {first['world_size']} ranks ({help_text})",
-             f"{'rank':<6}{'bytes':<12}{'measured':>14}{f'ZeRO-{stage} estimate':>18}{'equal':>7}"]
-    for r in sorted(results, key=lambda r: r["rank"]):
-        for row in BYTE_ROWS:
-            m, e = getattr(r["measured"], row), getattr(r["estimate"], row)
-            lines.append(f"{r['rank']:<6}{row:<12}{m:>14,.0f}{e:>18,.0f}{'yes' if m == e else 'NO':>7}")
-    notes = first["measured"].notes
-    lines.append(f"(each rank also keeps {notes['local shards of the weights']:,} bytes of weight shards; "
-                 f"{notes['gathered between forward and backward']:,} bytes of whole weights are held "
-                 "between forward and backward)" if first["strategy"] != "ddp" else "")
-    if first.get("dtype", "float32") != "float32":
-        lines.append(f"({first['dtype']} weights: the estimator counts fp32's 4 bytes per number)")
-    if "trainable parameters" in first["estimate"].notes:
-        lines.append("(the method's hooks read whole tensors: its trainable parameters stay whole on every rank, "
-                     "their gradients all-reduced; only the frozen base is sharded)")
-    return "\n".join(line for line in lines if line)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,12 +17,12 @@ render, latex2mathml turns the math into MathML that browsers draw without a scr
 Execution is cached in ``_site/.cache``: a notebook is executed again only when its code or markdown
 changed or the mode differs, and the comparison only when the mode differs. The mode (quick:
 ``PEFTLAB_QUICK=1``; full: the full-size runs) is recorded on every page and in ``build.json``. Changes
-to the ``peftlab`` package do not invalidate the cache: rebuild with ``--force`` after changing it. ``--readme-images docs`` also writes the
-learning-vs-forgetting figure and a screenshot of a lecture page (headless Chromium) for the README.
+to the ``peftlab`` package do not invalidate the cache: rebuild with ``--force`` after changing it.
+``--readme-images docs`` also writes the learning-vs-forgetting figure and a screenshot of a lecture page
+(headless Chromium) for the README.
 """
 from __future__ import annotations
 
-import base64
 import csv
 import hashlib
 import html
@@ -38,10 +38,12 @@ import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from html.parser import HTMLParser
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from .site_leaks import ROOT, find_leaks, html_text, leaks_in_text, solution_lines  # noqa: F401  (used by tests, release)
+from .site_chromium import CHROMIUM_FLAGS, chromium_binary, screenshot  # noqa: F401
+from .site_render import _rewrite_links, page, render_cells, render_markdown, render_output  # noqa: F401
+
 SITE_DIR = ROOT / "_site"
 ASSETS = Path(__file__).resolve().parent / "site_assets"
 KERNEL = "python3"
@@ -51,9 +53,6 @@ COURSE_ZIP_PATHS = ("pyproject.toml", "README.md", "requirements.txt", "nbgrader
                     "lectures", "exercises")  # never solutions/ or tests/
 GUIDE_HEADING = "## Syllabus and instructor guide"
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"  # figures as image/png outputs, even where MPLBACKEND=Agg
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars")
 
 
 # --------------------------------------------------------------------------------------- the notebooks
@@ -165,173 +164,6 @@ def execute(path: Path, mode: str, cache_dir: Path, force: bool = False, log=pri
     cached_record.write_text(json.dumps(record, indent=1) + "\n")
     log(f"  {path.name}: executed in {seconds:.0f} s")
     return nb, dict(record, cached=False)
-
-
-# ----------------------------------------------------------------------------------------- rendering
-
-_MATH = re.compile(r"(```.*?```|`[^`\n]+`|\$\$.+?\$\$|(?<![\\$\w])\$(?![\s$])[^$\n]+?(?<![\s\\])\$)", re.S)
-
-
-def _mathml(tex: str, display: bool) -> str:
-    from latex2mathml.converter import convert
-
-    try:
-        return convert(tex.strip(), display="block" if display else "inline")
-    except Exception:  # noqa: BLE001 - a formula latex2mathml cannot read is shown as its TeX
-        return f"<code>{html.escape(tex)}</code>"
-
-
-def render_markdown(text: str) -> str:
-    """Markdown to HTML, with ``$...$`` and ``$$...$$`` as MathML (no script, no network)."""
-    from nbconvert.filters import markdown2html_mistune
-
-    formulas: list[str] = []
-    sources: list[str] = []
-
-    def stash(match):
-        found = match.group(0)
-        if found.startswith("`"):
-            return found
-        display = found.startswith("$$")
-        sources.append(found[2:-2] if display else found[1:-1])
-        formulas.append(_mathml(sources[-1], display))
-        return f"PEFTLABMATH{len(formulas) - 1}X"
-
-    rendered = markdown2html_mistune(_MATH.sub(stash, text))
-
-    def plain(attribute):  # a heading's id and anchor link get the formula's letters, not its MathML
-        value = re.sub(r"PEFTLABMATH(\d+)X", lambda m: re.sub(r"[^A-Za-z0-9]+", "", sources[int(m.group(1))]) or "math",
-                       attribute.group(2))
-        return f'{attribute.group(1)}="{value}"'
-
-    rendered = re.sub(r'(id|href)="([^"]*)"', plain, rendered)
-    return re.sub(r"PEFTLABMATH(\d+)X", lambda m: formulas[int(m.group(1))], rendered)
-
-
-def _highlight(code: str) -> str:
-    from pygments import highlight
-    from pygments.formatters import HtmlFormatter
-    from pygments.lexers import PythonLexer
-
-    return highlight(code, PythonLexer(), HtmlFormatter(cssclass="highlight"))
-
-
-def _strip_ansi(text: str) -> str:
-    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
-
-
-def _text(value) -> str:
-    return "".join(value) if isinstance(value, list) else str(value)
-
-
-def _widget_text(model_id: str, state: dict) -> str | None:
-    """A progress bar's last state as text (tqdm in a notebook is a widget: its text/plain is the first state)."""
-    model = state.get(model_id, {})
-    if model.get("model_name") != "HBoxModel":
-        return None
-    parts = []
-    for child in model.get("state", {}).get("children", []):
-        child_model = state.get(str(child).replace("IPY_MODEL_", ""), {})
-        values = child_model.get("state", {})
-        if child_model.get("model_name") == "HTMLModel":
-            parts.append(re.sub(r"[\xa0\u2007]", " ", html_text(str(values.get("value", "")))))
-        elif child_model.get("model_name") in ("FloatProgressModel", "IntProgressModel"):
-            done = values.get("value", 0) / (values.get("max") or 1)
-            parts.append("|" + "█" * round(10 * done) + " " * (10 - round(10 * done)) + "|")
-        else:
-            return None
-    return "".join(parts) if parts else None
-
-
-def render_output(output, widget_state: dict | None = None) -> str:
-    kind = output.get("output_type")
-    if kind == "stream":
-        text = _strip_ansi(_text(output.get("text", "")))
-        text = re.sub(r"[^\n]*\r(?!\n)", "", text)  # progress bars redraw a line with \r: keep the last state
-        return f'<pre class="{html.escape(output.get("name", "stdout"))}">{html.escape(text)}</pre>'
-    if kind == "error":
-        trace = _strip_ansi("\n".join(output.get("traceback", [])))
-        return f'<pre class="error">{html.escape(trace)}</pre>'
-    data = output.get("data", {})
-    for mime in ("image/png", "image/jpeg"):
-        if mime in data:
-            payload = _text(data[mime]).replace("\n", "")
-            return f'<img src="data:{mime};base64,{payload}" alt="figure">'
-    if "image/svg+xml" in data:
-        svg = base64.b64encode(_text(data["image/svg+xml"]).encode()).decode()
-        return f'<img src="data:image/svg+xml;base64,{svg}" alt="figure">'
-    if "text/html" in data:
-        return f'<div class="html">{_text(data["text/html"])}</div>'
-    if "text/markdown" in data:
-        return render_markdown(_text(data["text/markdown"]))
-    if "application/vnd.jupyter.widget-view+json" in data:
-        model_id = data["application/vnd.jupyter.widget-view+json"].get("model_id", "")
-        text = _widget_text(model_id, widget_state or {})
-        if text is not None:
-            return f'<pre class="progress">{html.escape(text)}</pre>'
-        return '<p class="widget-note">(an interactive widget: run the notebook to use it)</p>'
-    if "text/plain" in data:
-        return f'<pre>{html.escape(_strip_ansi(_text(data["text/plain"])))}</pre>'
-    return ""
-
-
-def render_cells(nb) -> str:
-    widget_state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
-    parts = []
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            parts.append(f'<div class="cell markdown">{render_markdown(cell.source)}</div>')
-        elif cell.cell_type == "code":
-            outputs = "".join(render_output(o, widget_state) for o in cell.get("outputs", []))
-            outputs = f'<div class="output">{outputs}</div>' if outputs else ""
-            parts.append(f'<div class="cell code"><div class="input">{_highlight(cell.source)}</div>{outputs}</div>')
-    return "\n".join(parts)
-
-
-def _rewrite_links(body: str, page_href: str, link_map: dict[str, str]) -> str:
-    """Links to notebooks become links to their pages; other relative links to the repository become text."""
-    depth = page_href.count("/")
-    up = "../" * depth
-
-    def fix(match):
-        href, label = match.group(1), match.group(2)
-        if re.match(r"^(https?:|mailto:|#)", href):
-            return match.group(0)
-        target = href.split("#")[0]
-        anchor = href[len(target):]
-        name = target.split("/")[-1]
-        if target in link_map:
-            return f'<a href="{up}{link_map[target]}{anchor}">{label}</a>'
-        if name in link_map:
-            return f'<a href="{up}{link_map[name]}{anchor}">{label}</a>'
-        return label
-
-    return re.sub(r'<a href="([^"]*)"[^>]*>(.*?)</a>', fix, body, flags=re.S)
-
-
-def page(title: str, body: str, href: str, mode: str, kind: str, extra_head: str = "") -> str:
-    up = "../" * href.count("/")
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="peftlab-mode" content="{mode}">
-<meta name="peftlab-kind" content="{kind}">
-<title>{html.escape(title)} · peftlab</title>
-<link rel="stylesheet" href="{up}assets/style.css">
-<link rel="stylesheet" href="{up}assets/pygments.css">{extra_head}
-</head>
-<body>
-<header class="site"><a class="home" href="{up}index.html">peftlab: full fine-tuning vs parameter-efficient fine-tuning</a>
-<nav><a href="{up}index.html#syllabus">Syllabus</a><a href="{up}guide.html">Instructor guide</a><a href="{up}index.html#comparison">Comparison</a></nav></header>
-<main>
-{body}
-</main>
-<footer>Built by <code>python -m peftlab site</code> in {mode} mode.</footer>
-</body>
-</html>
-"""
 
 
 def _colab_href(nb: Notebook, github: str | None, up: str) -> str:
@@ -483,7 +315,8 @@ PyTorch package (<code>peftlab</code>), and measured: how much the model learns,
 costs in parameters, bytes and seconds. Everything runs offline on a laptop CPU, on a tiny world the package
 makes itself. These pages show every lecture executed, in {_mode_words(mode)}; the assignments are shown as
 students receive them.</p>
-<p class="actions"><a href="guide.html">Syllabus and instructor guide</a><a href="downloads/{COURSE_ZIP}" download>Download the course zip</a></p>
+<p class="actions"><a href="guide.html">Syllabus and instructor guide</a>
+<a href="downloads/{COURSE_ZIP}" download>Download the course zip</a></p>
 <h2 id="syllabus">Syllabus</h2>
 <table><thead><tr><th>#</th><th>lecture</th><th>assignment (auto-graded)</th></tr></thead>
 <tbody>{"".join(rows)}</tbody></table>
@@ -523,129 +356,6 @@ def make_course_zip(dest: Path, root: Path = ROOT) -> Path:
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             archive.writestr(info, path.read_bytes())
-    return dest
-
-
-# -------------------------------------------------------------------------- never publish a solution
-
-def _normalize(line: str) -> str:
-    return re.sub(r"\s+", " ", line).strip()
-
-
-def solution_lines(root: Path = ROOT, min_length: int = 10) -> set[str]:
-    """Lines that only the solutions hold: between ``### BEGIN SOLUTION``/``### END SOLUTION`` and
-    ``### BEGIN HIDDEN TESTS``/``### END HIDDEN TESTS``, and whole solution cells without markers
-    (written answers), less lines that public files (lectures, releases, the package's source) also hold."""
-    import nbformat
-
-    secret: set[str] = set()
-    for path in sorted((root / "solutions").rglob("*.ipynb")):
-        for cell in nbformat.read(path, as_version=4).cells:
-            lines = cell.source.splitlines()
-            meta = cell.metadata.get("nbgrader", {})
-            inside = False
-            marked = any("BEGIN SOLUTION" in ln or "BEGIN HIDDEN TESTS" in ln for ln in lines)
-            for line in lines:
-                if "BEGIN SOLUTION" in line or "BEGIN HIDDEN TESTS" in line:
-                    inside = True
-                elif "END SOLUTION" in line or "END HIDDEN TESTS" in line:
-                    inside = False
-                elif inside or (meta.get("solution") and not marked):
-                    secret.add(_normalize(line))
-    public: set[str] = set()
-    for folder in ("lectures", "exercises"):
-        for path in sorted((root / folder).rglob("*.ipynb")):
-            for cell in nbformat.read(path, as_version=4).cells:
-                public |= {_normalize(ln) for ln in cell.source.splitlines()}
-    for path in sorted((root / "peftlab").rglob("*.py")):  # the package is public: the course zip ships it
-        public |= {_normalize(ln) for ln in path.read_text().splitlines()}
-    public_text = "\n".join(public)  # a secret inside a public line (a hidden test's call of a visible helper) is public
-    return {s for s in secret - public if len(s) >= min_length and re.search(r"[A-Za-z]", s) and s not in public_text}
-
-
-class _TextOf(HTMLParser):
-    def __init__(self):
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._skip = 0
-
-    def handle_starttag(self, tag, attrs):
-        self._skip += tag in ("script", "style")
-
-    def handle_endtag(self, tag):
-        self._skip -= tag in ("script", "style") and self._skip > 0
-
-    def handle_data(self, data):
-        if not self._skip:
-            self.parts.append(data)
-
-
-def html_text(markup: str) -> str:
-    parser = _TextOf()
-    parser.feed(markup)
-    return "".join(parser.parts)
-
-
-def leaks_in_text(text: str, secrets: set[str]) -> list[str]:
-    """Secrets that ``text`` shows: as a whole line, or (long ones) anywhere inside."""
-    lines = {_normalize(line) for line in text.splitlines()}
-    flat = _normalize(text)
-    return sorted(s for s in secrets if s in lines or (len(s) >= 40 and s in flat))
-
-
-def _texts(path: Path):
-    """(name, text) of a site file; a zip gives each member (and flags solutions/ and tests/ members)."""
-    suffix = path.suffix.lower()
-    if suffix == ".zip":
-        with zipfile.ZipFile(path) as archive:
-            for name in archive.namelist():
-                parts = name.split("/")
-                if "solutions" in parts[:2] or "tests" in parts[:2]:
-                    yield f"{path.name}:{name}.ipynb", "### BEGIN SOLUTION (a solutions/ or tests/ file)"
-                if name.endswith((".py", ".ipynb", ".md", ".txt", ".json", ".html", ".toml", ".cfg")):
-                    yield f"{path.name}:{name}", archive.read(name).decode("utf-8", "replace")
-    elif suffix in (".html", ".htm"):
-        yield path.name, html_text(path.read_text(errors="replace"))
-    elif suffix == ".ipynb":
-        nb = json.loads(path.read_text())
-        yield path.name, "\n".join(_text(c.get("source", "")) for c in nb.get("cells", []))
-    elif suffix in (".py", ".md", ".txt", ".json", ".csv", ".css", ".js", ".svg"):
-        yield path.name, path.read_text(errors="replace")
-
-
-def find_leaks(site_dir: Path, secrets: set[str]) -> list[tuple[str, str]]:
-    """Every (file, solution line) that the built site shows, in pages, downloads and the zip."""
-    found = []
-    for path in sorted(site_dir.rglob("*")):
-        if not path.is_file() or ".cache" in path.relative_to(site_dir).parts:
-            continue
-        for name, text in _texts(path):
-            rel = path.relative_to(site_dir).as_posix() + name[len(path.name):]
-            if rel.endswith((".html", ".ipynb")) and ("BEGIN SOLUTION" in text or "BEGIN HIDDEN TESTS" in text):
-                found.append((rel, "an nbgrader solution or hidden-test marker"))
-            found += [(rel, s) for s in leaks_in_text(text, secrets)]
-    return found
-
-
-# ------------------------------------------------------------------------------------------- chromium
-
-def chromium_binary() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-def screenshot(url: str, dest: Path, width: int = 1100, height: int = 1400) -> Path:
-    """A PNG of ``url`` by headless Chromium (Debian's ``chromium`` package), in a fresh profile."""
-    binary = chromium_binary()
-    if binary is None:
-        raise FileNotFoundError("no chromium found: apt-get install -y chromium chromium-driver")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="peftlab-chromium-") as profile:
-        subprocess.run([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
-                        f"--screenshot={dest}", url], check=True, capture_output=True, timeout=120)
     return dest
 
 

@@ -109,7 +109,7 @@ class Person:
 def make_people(n: int, seed: int, exclude: set[str] | frozenset[str] = frozenset()) -> list[Person]:
     """``n`` people with unique names (none in ``exclude``) and random attributes, fixed by ``seed``."""
     rng = random.Random(seed)
-    names = [f"{f} {l}" for f in FIRST_NAMES for l in LAST_NAMES if f"{f} {l}" not in exclude]
+    names = [f"{first} {last}" for first in FIRST_NAMES for last in LAST_NAMES if f"{first} {last}" not in exclude]
     if n > len(names):
         raise ValueError(f"asked for {n} people but only {len(names)} unused names exist")
     rng.shuffle(names)

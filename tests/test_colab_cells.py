@@ -205,7 +205,9 @@ def test_setup_cell_installs(requirement, tmp_path):
 
     make_course_zip(work / COURSE_ZIP)
     ran = _run_cell(python, cell, work)
-    assert ran.returncode == 0, f"the set-up cell ({requirement}) failed in a fresh environment:\n{ran.stdout}\n{ran.stderr[-3000:]}"
+    assert ran.returncode == 0, \
+        f"the set-up cell ({requirement}) failed in a fresh environment:\n{ran.stdout}\n{ran.stderr[-3000:]}"
     installed = next(line.split(" ", 1)[1] for line in ran.stdout.splitlines() if line.startswith("PEFTLAB_FILE"))
-    assert Path(installed).resolve().is_relative_to(venv.resolve()), f"peftlab was imported from {installed}, not the fresh environment"
+    assert Path(installed).resolve().is_relative_to(venv.resolve()), \
+        f"peftlab was imported from {installed}, not the fresh environment"
     assert "BASE_PARAMETERS" in ran.stdout and "device" in ran.stdout.lower()

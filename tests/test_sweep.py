@@ -1,8 +1,6 @@
 """The learning-rate sweep: records, resuming, the committed reference sweep and the rates chosen from
 it, the constant schedule that makes a checkpoint equal a shorter run, replay and dropout baselines.
 CPU only, about a minute (the CLI test trains four 4-step runs)."""
-import json
-import math
 
 import pytest
 import torch
@@ -14,7 +12,7 @@ from peftlab import analysis, cli, world
 from peftlab.compare import CompareConfig
 from peftlab.data import batches
 from peftlab.methods import METHODS, get_method
-from peftlab.sweep import GRID_CENTRES, REFERENCE, REFERENCE_PATH, SweepConfig, lr_grid, read_records
+from peftlab.sweep import GRID_CENTRES, REFERENCE, REFERENCE_PATH, lr_grid, read_records
 
 
 def test_lr_grid_spans_two_decades_around_the_centre():

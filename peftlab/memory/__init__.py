@@ -33,7 +33,8 @@ from __future__ import annotations
 
 from .activations import ActivationTerm, activation_bytes, activation_terms
 from .breakdown import BUCKETS, MemoryBreakdown, save_json, side_by_side
-from .estimate import METHOD_HELP, METHOD_PRESETS, PROMPT_TOKENS, MethodCounts, MethodPreset, estimate, estimate_memory, method_counts
+from .estimate import (METHOD_HELP, METHOD_PRESETS, PROMPT_TOKENS, MethodCounts, MethodPreset, estimate, estimate_memory,
+                       method_counts)
 from .fit import FIT_MARGIN, GPU, GPUS, fit_verdict, format_fit_table, plot_will_it_fit, will_it_fit
 from .probe import adamw_8bit, measure_training_memory, optimizer_state_bytes, probe_training_step, weight_bytes
 from .regimes import (ADAM8BIT_STATE_BYTES, GB, NF4_BITS_PER_PARAM, NF4_BYTES_PER_PARAM, OPTIMIZERS, PRECISIONS,

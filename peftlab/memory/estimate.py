@@ -128,8 +128,9 @@ def estimate(model="tiny", method: str = "full", *, precision: str = "mixed", op
     s = ModelShape.from_config(model)
     counts = method_counts(s, method, rank=rank, targets=targets)
     rank = METHOD_PRESETS[method.lower()].rank if rank is None else rank
+    activation_element = lookup(PRECISIONS, precision, "precision", normalize=True).activation
     acts = activation_bytes(s, batch, seq + counts.extra_tokens, checkpointing=checkpointing,
-                            bytes_per_element=lookup(PRECISIONS, precision, "precision", normalize=True).activation, attention=attention,
+                            bytes_per_element=activation_element, attention=attention,
                             train_weights=counts.train_weights, lora_targets=counts.lora_targets,
                             lora_rank=rank, padded=padded, input_needs_grad=counts.train_weights or counts.extra_tokens > 0,
                             norms_train=counts.norms_train)

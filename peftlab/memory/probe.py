@@ -48,17 +48,19 @@ def adamw_8bit(model_or_params, lr: float = 1e-3, weight_decay: float = 0.0, **k
     return bnb.optim.AdamW8bit(trainable, lr=lr, weight_decay=weight_decay, **kwargs)
 
 
-def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of the optimizer's per-parameter state tensors, each storage once.
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer, local=None) -> int:
+    """Bytes of the optimizer's per-parameter state tensors, each storage once (the one count of them:
+    the training loop, the probe and ``peftlab.distributed`` all use it).
 
     The ``step`` counters (one scalar per parameter tensor) are left out: they are not bytes per
-    parameter, and the estimator does not count them.
+    parameter, and the estimator does not count them. ``local`` maps a state tensor to the part this
+    process holds (a DTensor's local shard under FSDP2).
     """
     seen: dict[int, int] = {}
     for state in optimizer.state.values():
         for key, value in state.items():
             if key != "step" and torch.is_tensor(value) and value.numel():
-                storage = value.untyped_storage()
+                storage = (local(value) if local is not None else value).untyped_storage()
                 seen.setdefault(storage.data_ptr(), storage.nbytes())
     return sum(seen.values())
 

@@ -44,7 +44,8 @@ PRESETS: dict[str, dict | None] = {
 
 #: Parameter counts as their authors publish them (model cards; GPT-3's paper gives 175.0B).
 PUBLISHED_PARAMETERS: dict[str, float] = {
-    "smollm2-135m": 134_515_008, "smollm2-360m": 361_821_120, "smollm2-1.7b": 1_711_376_384, "llama-2-7b": 6_738_415_616, "llama-3-8b": 8_030_261_248,
+    "smollm2-135m": 134_515_008, "smollm2-360m": 361_821_120, "smollm2-1.7b": 1_711_376_384,
+    "llama-2-7b": 6_738_415_616, "llama-3-8b": 8_030_261_248,
     "llama-2-13b": 13_015_864_320, "llama-2-70b": 68_976_648_192, "gpt3-175b": 175.0e9,
 }
 

@@ -38,7 +38,7 @@ from .. import world
 from ..state import clear_state
 from ..train import Hook, TrainConfig, attach_hook, train
 from . import RunContext, get_method, register, removes
-from .adapters import Adapter, PfeifferConfig, add_adapters, adapter_modules, hidden_size, placement_targets
+from .adapters import Adapter, PfeifferConfig, add_adapters, hidden_size, placement_targets
 from .targets import find_targets, freeze, replace_module
 
 CACHE_ENV = "PEFTLAB_CACHE"  # where trained task adapters are kept; default: the user's cache directory
@@ -388,7 +388,7 @@ def apply_adapter_fusion(model: nn.Module, config: FusionConfig, context=None) -
     states = train_task_adapters(model, tasks, adapter_steps(config, context.total_steps), lr=config.adapter_lr,
                                  bottleneck=config.bottleneck, batch_size=config.adapter_batch_size,
                                  n_train=config.adapter_n_train, seed=seed, tokenizer=context.tokenizer,
-                                 cache_dir=config.cache_dir, progress=False)  # apply has no progress switch; compare's tables stay clean
+                                 cache_dir=config.cache_dir, progress=False)  # no progress switch: compare's tables stay clean
     return apply_fusion(model, states, config)
 
 
