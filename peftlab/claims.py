@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -550,7 +551,8 @@ def inference_latency(batch_sizes=(1, 16), new_tokens: int = 32, rounds: int = 5
     variants = latency_variants(base)
     names = list(variants)
     out = {"batch_sizes": list(batch_sizes), "new_tokens": new_tokens, "rounds": rounds, "prompt_len": prompt_len,
-           "threads": torch.get_num_threads(), "ratios": {}, "noise": {}, "ms_per_token": {}}
+           "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_average_before": os.getloadavg()[0],
+           "device": "cpu", "ratios": {}, "noise": {}, "ms_per_token": {}}
     for batch in batch_sizes:
         ids = torch.randint(2, base.config.vocab_size, (batch, prompt_len))
         for name in names:  # warm-up
@@ -678,13 +680,14 @@ LEDGER: list[Claim] = [
           "python -m peftlab claims --only four-copies", measure_four_copies, rule_four_copies,
           "holds if 4x in fp32 and mixed precision; holds only if 4x in fp32 alone"),
     Claim("storage", '"PEFT stores a few megabytes per task instead of a full copy of the model."',
-          "common claim; Houlsby et al. 2019 (section 1): adapters add a few trainable parameters per task",
+          "common claim; Houlsby et al. 2019 (abstract): adapters add only a few trainable parameters per task",
           "bytes on disk per task on the tiny base (full safetensors, LoRA adapter, 0.5% sparse difference) and at 7B",
           "lecture 03 (saving), lecture 07, section 6", "python -m peftlab claims --only storage",
           measure_storage, rule_storage, "holds if the adapter and the sparse difference are under 10% of the "
           "checkpoint here and LoRA under 1% at 7B"),
     Claim("latency", '"Adapter-based methods introduce additional computational steps, slightly slowing down inference."',
-          "common claim; Houlsby et al. 2019 and Hu et al. 2021 (LoRA, section 4: no added inference latency)",
+          "Hu et al. 2021 (LoRA), section 3 ('Adapter Layers Introduce Inference Latency', Table 1: measured at "
+          "small batches) and section 4.1 (merged LoRA adds none)",
           "per-token generation latency / base at batch 1 and 16: Houlsby, Pfeiffer, LoRA unmerged and merged, "
           "prefix, prompt, QLoRA, AdapterFusion", "lecture 04, section 7", LATENCY_COMMAND,
           measure_latency, rule_latency, "holds only if the unmergeable adapters are slower than the base's "
@@ -696,12 +699,12 @@ LEDGER: list[Claim] = [
     Claim("forgetting", '"PEFT mitigates catastrophic forgetting."',
           "common claim; Biderman et al. 2024 (LoRA Learns Less and Forgets Less) measure it for LoRA",
           "forgetting at matched learning (0.2 and 0.4) from the frontier of the committed sweep, 95% intervals",
-          "lecture 12", SWEEP_COMMAND, measure_forgetting, rule_forgetting,
+          "lecture 12, section 6", SWEEP_COMMAND, measure_forgetting, rule_forgetting,
           "holds if every PEFT method that reaches the level forgets less (non-overlapping intervals); wrong if "
           "every one forgets more; depends otherwise", slow=True),
     Claim("sensitivity", '"PEFT methods are sensitive to hyperparameters."', "common claim",
           "spread of test learning and forgetting across each method's learning-rate grid (committed sweep)",
-          "lecture 12", SWEEP_COMMAND, measure_sensitivity, rule_sensitivity,
+          "lecture 12, section 5 (the rate plot)", SWEEP_COMMAND, measure_sensitivity, rule_sensitivity,
           "holds if every PEFT method's learning spread exceeds full fine-tuning's; wrong if none does", slow=True),
     Claim("fusion", '"AdapterFusion enables multi-task learning: it combines what task adapters learned."',
           "Pfeiffer et al. 2021 (AdapterFusion), section 1 and Table 1",
@@ -711,7 +714,7 @@ LEDGER: list[Claim] = [
           "wrong if it only loses", slow=True),
     Claim("low-rank", '"Low-rank methods approximate the weight matrices with low-rank ones."', "common claim",
           "matrix rank of W, of the LoRA update and of W + update in one layer of the tiny base",
-          "lecture 03; lecture 12 (rank of the full update)", "python -m peftlab claims --only low-rank",
+          "lecture 03; lecture 12, section 8 (the rank of the full update)", "python -m peftlab claims --only low-rank",
           measure_low_rank, rule_low_rank, "wrong if the update's rank is at most r while W + update is full rank"),
     Claim("prefix", '"Prefix tuning appends trainable vectors to the input."', "common claim; Li & Liang 2021, "
           "section 4.2 (a prefix of activations in every layer); Lester et al. 2021 (prompt tuning: the input only)",
@@ -721,7 +724,7 @@ LEDGER: list[Claim] = [
     Claim("taxonomy", '"LoRA and its variants are additive methods; QLoRA is a family of its own."',
           "common claim; the surveys: Lialin et al. 2023 (Scaling Down to Scale Up), Han et al. 2024 "
           "(Parameter-Efficient Fine-Tuning for Large Models: A Comprehensive Survey)",
-          "the registry's survey families and QLoRA's layer class", "lecture 13, section 4",
+          "the registry's survey families and QLoRA's layer class", "lecture 13, section 3",
           "python -m peftlab methods", measure_taxonomy, rule_taxonomy,
           "wrong if LoRA, AdaLoRA and QLoRA are reparameterization methods and QLoRA's layer is a LoRA layer"),
 ]
