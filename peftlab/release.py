@@ -16,9 +16,10 @@ get a second repository that this command writes from the first:
 
 Before it finishes, the release is scanned (``find_leaks``): every line of a solution region or a
 hidden test in ``solutions/`` (``secret_lines``: lines that the lectures, the visible part of the
-assignments or the shipped code also hold do not count) and every nbgrader marker is looked for in every file written; one found stops the
-release with the file and the line. Re-running into the same folder replaces a previous release and
-keeps its ``.git``, so the student repository's history goes on.
+assignments or the shipped code also hold do not count) and every nbgrader marker is looked for in
+every file written; one found stops the release with the file and the line. Re-running into the
+same folder replaces a previous release and keeps its ``.git``, so the student repository's history
+goes on.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .site import _normalize
+from .site_leaks import _normalize
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLIC_PATHS = ("peftlab", "lectures", "exercises", "bench", "docs", "scripts/setup.sh", "pyproject.toml",

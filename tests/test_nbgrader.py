@@ -532,21 +532,25 @@ def test_release_matches_the_committed_one(graded):
     regenerate = f"regenerate it: nbgrader generate_assignment {graded.assignment} --force"
     assert committed.is_dir(), f"exercises/{graded.assignment}/ is missing; {regenerate}"
     files = lambda folder: sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())  # noqa: E731
-    assert files(committed) == files(generated), f"exercises/{graded.assignment}/ holds other files than nbgrader makes; {regenerate}"
+    assert files(committed) == files(generated), \
+        f"exercises/{graded.assignment}/ holds other files than nbgrader makes; {regenerate}"
     for relative in files(generated):
         if not relative.endswith(".ipynb"):
             assert (committed / relative).read_bytes() == (generated / relative).read_bytes(), f"{relative} differs; {regenerate}"
             continue
         ours = nbformat.read(committed / relative, as_version=4)
         theirs = nbformat.read(generated / relative, as_version=4)
-        assert len(ours.cells) == len(theirs.cells), f"{relative}: {len(ours.cells)} cells, nbgrader makes {len(theirs.cells)}; {regenerate}"
+        assert len(ours.cells) == len(theirs.cells), \
+            f"{relative}: {len(ours.cells)} cells, nbgrader makes {len(theirs.cells)}; {regenerate}"
         for index, (mine, made) in enumerate(zip(ours.cells, theirs.cells)):
-            where = f"exercises/{graded.assignment}/{relative}, cell {index} ({nbgrader_meta(made).get('grade_id', made.cell_type)})"
+            label = nbgrader_meta(made).get("grade_id", made.cell_type)
+            where = f"exercises/{graded.assignment}/{relative}, cell {index} ({label})"
             assert mine.cell_type == made.cell_type, f"{where}: cell type differs; {regenerate}"
             assert mine.source == made.source, f"{where}: source differs from what nbgrader makes; {regenerate}"
             assert nbgrader_meta(mine) == nbgrader_meta(made), f"{where}: metadata.nbgrader differs; {regenerate}"
             if mine.cell_type == "code":
-                assert not mine.outputs and mine.execution_count is None, f"{where}: the committed release has outputs; strip them"
+                assert not mine.outputs and mine.execution_count is None, \
+                    f"{where}: the committed release has outputs; strip them"
 
 
 def test_solution_scores_full_marks(graded):
@@ -658,7 +662,8 @@ def test_a_deleted_test_cell_is_restored(graded):
                 if nbgrader_meta(c).get("grade_id") == deleted]
     assert len(restored) == 1, f"the deleted test cell {deleted} was not put back ({len(restored)} found)"
     assert graded.scores["deleted_test"][deleted] == graded.scores["solution"][deleted], \
-        f"the restored {deleted} scored {graded.scores['deleted_test'][deleted]}, the solution {graded.scores['solution'][deleted]}"
+        f"the restored {deleted} scored {graded.scores['deleted_test'][deleted]}, " \
+        f"the solution {graded.scores['solution'][deleted]}"
     differ = {gid: graded.scores["deleted_test"][gid] for gid in autograded_tests(graded)
               if graded.scores["deleted_test"][gid] != graded.scores["solution"][gid]}
     assert not differ, f"with {deleted} deleted and restored, the solution scores differently: {differ}"
