@@ -9,15 +9,21 @@ import math
 import warnings
 
 import pytest
-
-from peftlab.state import model_hooks
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from peftlab import TrainConfig, apply_method, train, world
-from peftlab.methods.adalora import (AdaLoraConfig, SVDLinear, adalora_layers, budget_schedule,
-                                     get_rank_allocator, kept_parameters, orthogonality_regularizer,
-                                     rank_pattern)
+from peftlab.methods.adalora import (
+    AdaLoraConfig,
+    SVDLinear,
+    adalora_layers,
+    budget_schedule,
+    get_rank_allocator,
+    kept_parameters,
+    orthogonality_regularizer,
+    rank_pattern,
+)
+from peftlab.state import model_hooks
 
 peft = pytest.importorskip("peft")
 from peft.tuners.adalora import RankAllocator as PeftRankAllocator  # noqa: E402

@@ -7,7 +7,7 @@ import torch
 from transformers import (BertConfig, BertForSequenceClassification, BertModel, GPT2Config, GPT2LMHeadModel,
                           LlamaConfig, LlamaForCausalLM)
 
-from peftlab import METHODS, TrainConfig, apply_method, count_parameters, train, world
+from peftlab import TrainConfig, apply_method, count_parameters, train, world
 from peftlab.methods.bitfit import bias_parameters
 
 MINILM = dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536, vocab_size=30522)
@@ -15,10 +15,6 @@ MINILM = dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=12, inte
 
 def trainable_names(model):
     return {n for n, p in model.named_parameters() if p.requires_grad}
-
-
-def test_registered_as_selective():
-    assert METHODS["bitfit"].family == "selective" and METHODS["bitfit"].lr > 0
 
 
 def test_tiny_base_trains_exactly_its_biases(fresh_base):

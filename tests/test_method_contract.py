@@ -24,8 +24,8 @@ import dataclasses
 
 import pytest
 import torch
-
 from conftest import tiny_gpt2, tiny_llama
+
 from peftlab import world
 from peftlab.methods import METHODS, RunContext, apply_method, remove_method, trainable_count
 from peftlab.state import STATE_ATTRIBUTE, model_hooks, peft_state

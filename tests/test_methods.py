@@ -2,9 +2,8 @@
 CPU only, seconds."""
 import pytest
 
-from peftlab.methods import remove_method
-
 from peftlab import METHODS, apply_method, count_parameters, get_method
+from peftlab.methods import remove_method
 
 
 def test_unknown_method_lists_known():
@@ -19,12 +18,25 @@ def test_unknown_option_lists_known():
         get_method("full").config(rank=8)
 
 
+# The surveys' taxonomy (Lialin et al. 2023, "Scaling Down to Scale Up", Fig. 2; Han et al. 2024, "Parameter-
+# Efficient Fine-Tuning for Large Models: A Comprehensive Survey", Fig. 3): adapters and soft prompts add
+# parameters, BitFit and masks select existing ones, LoRA-like methods reparameterize the update (QLoRA is LoRA
+# on a quantized base); full fine-tuning and the untouched base are the baselines of every comparison.
+SURVEY_FAMILIES = {"additive": {"houlsby", "pfeiffer", "prefix", "prompt", "fusion"},
+                   "selective": {"bitfit", "fisher", "random_mask"},
+                   "reparameterization": {"lora", "qlora", "adalora"}}
+
+
 def test_every_method_has_a_complete_entry():
     assert {"full", "base"} <= set(METHODS)
-    for method in METHODS.values():
-        assert method.description and method.family
-        assert method.lr > 0 or not method.trains
+    for name, method in METHODS.items():
+        expected = next((f for f, names in SURVEY_FAMILIES.items() if name in names), None)
+        assert method.family == (expected or method.family) and method.family in (
+            *SURVEY_FAMILIES, "hybrid", "baseline", "reference"), (name, method.family)
+        assert method.description and (method.lr > 0 if method.trains else method.lr == 0)
         method.config()  # defaults construct
+    with pytest.raises(TypeError, match="not both"):
+        get_method("lora").apply(None, get_method("lora").config(), r=4)
 
 
 def test_full_trains_everything_base_nothing(fresh_base):

@@ -5,13 +5,11 @@ CPU only, about a minute (the CLI test trains four 4-step runs)."""
 import pytest
 import torch
 
-from peftlab.methods import remove_method
-from peftlab.state import peft_state
-
 from peftlab import analysis, cli, world
 from peftlab.compare import CompareConfig
 from peftlab.data import batches
-from peftlab.methods import METHODS, get_method
+from peftlab.methods import METHODS, get_method, remove_method
+from peftlab.state import peft_state
 from peftlab.sweep import GRID_CENTRES, REFERENCE, REFERENCE_PATH, lr_grid, read_records
 
 

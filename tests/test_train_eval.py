@@ -56,18 +56,22 @@ def test_perplexity_matches_model_loss(tiny_base):
     assert evaluate.perplexity(model, tok, [text]) == pytest.approx(math.exp(float(loss)), rel=1e-4)
 
 
+LEARNED = 0.05  # the least gain in held-out sentiment accuracy the 40-step run must show (measured: 0.517 -> 0.600)
+
+
 def test_training_lowers_loss_and_learns(fresh_base):
     model, tok = fresh_base
     apply_method(model, "full")
-    task = world.get_task("addition")
+    task = world.get_task("sentiment")  # held-out sums need longer training than a unit test: 0.0 -> 0.0 here
     before = evaluate.task_metric(model, tok, task, task.eval_examples(60))
     result = train(model, tok, task.train_examples(1000), TrainConfig(steps=40, batch_size=16, lr=1e-3), progress=False)
     first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
     assert last < 0.7 * first, (first, last)
     assert result.tokens > 0 and result.seconds > 0
     assert result.grad_bytes == 4 * sum(p.numel() for p in model.parameters())
-    assert result.optimizer_state_bytes >= 2 * result.grad_bytes  # AdamW: two moments per parameter
-    assert evaluate.task_metric(model, tok, task, task.eval_examples(60)) >= before
+    assert result.optimizer_state_bytes == 2 * result.grad_bytes  # AdamW: two fp32 moments per parameter
+    after = evaluate.task_metric(model, tok, task, task.eval_examples(60))
+    assert after >= before + LEARNED, (before, after)
 
 
 def test_frozen_parameters_do_not_move_and_hooks_run(fresh_base):
