@@ -52,7 +52,9 @@ and commit ``exercises/<a>/``, then write ``tests/nbgrader_mutations/<a>.py`` (`
   marker): a mistake a student would make, one that fails every test cell of its part;
 - ``MORE_MUTATIONS``: name -> (answer grade_id, body), at least 3 further plausible mistakes;
 - ``DELEGATIONS``: for every answer cell, a body that calls peftlab's implementation instead of writing
-  it, or None (with a comment) where peftlab has nothing that answers the cell.
+  it, or None (with a comment) where peftlab has nothing that answers the cell;
+- optionally ``HARNESS_TIMEOUT``: the per-cell limit in seconds the harness grades with, where a cell of
+  the solution needs more than the default 30 (the course's own limit still caps it).
 
 Run: ``.venv/bin/python -m pytest tests/test_nbgrader.py -m nbgrader -n 0`` (``-k a01`` for one
 assignment). CPU only. Cost: one kernel per submission (about 20 for an assignment of 5 answer cells,
@@ -85,7 +87,8 @@ REPO = Path(__file__).resolve().parents[1]
 ASSIGNMENTS = sorted(p.name for p in (REPO / "solutions").glob("*/") if p.is_dir() and list(p.glob("*.ipynb")))
 
 MUTATIONS_DIR = Path(__file__).resolve().parent / "nbgrader_mutations"
-HARNESS_TIMEOUT = 30  # seconds per cell while the harness grades (the course's is longer: nbgrader_config.py)
+HARNESS_TIMEOUT = 30  # seconds per cell while the harness grades (the course's is longer: nbgrader_config.py);
+# an assignment with a heavier cell sets HARNESS_TIMEOUT in its mutation file (at most the course's)
 MIN_MORE_MUTATIONS = 3
 TIMEOUT_LOG_LINES = ("Timeout waiting for execute reply", "Interrupting kernel")
 FLAG = "GradingFlag"  # the error name peftlab.grading_preprocessors.FlagTampering gives a flagged test cell
@@ -403,7 +406,7 @@ def grade_course(assignment: str, tmp_path_factory) -> GradedCourse:
     from nbgrader.api import Gradebook
 
     timeout, course_id = course_config()
-    run_timeout = min(timeout, HARNESS_TIMEOUT)
+    run_timeout = min(timeout, int(_mutation_file(assignment).get("HARNESS_TIMEOUT", HARNESS_TIMEOUT)))
     root = tmp_path_factory.mktemp(f"course_{assignment}")
     shutil.copy(REPO / "nbgrader_config.py", root)
     shutil.copytree(REPO / "solutions" / assignment, root / "solutions" / assignment,
