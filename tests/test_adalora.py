@@ -8,9 +8,9 @@ import copy
 import math
 import warnings
 
+import conftest
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from peftlab import TrainConfig, apply_method, train, world
 from peftlab.methods.adalora import (
@@ -129,8 +129,8 @@ def test_final_kept_rank_equals_budget_after_training(fresh_base):
 
 
 def tiny_llama():
-    return LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32))
+    return conftest.tiny_llama(vocab_size=100, max_position_embeddings=32, attention_bias=False, mlp_bias=False,
+                               tie_word_embeddings=False)
 
 
 @pytest.mark.parametrize("deltaT", [1, 2])

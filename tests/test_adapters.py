@@ -4,9 +4,10 @@ architecture, parameter counts, idempotent apply.
 Table-driven over tiny Llama, GPT-2 and BERT models built from configs, plus the committed tiny base.
 Run: ``OMP_NUM_THREADS=1 .venv/bin/pytest tests/test_adapters.py``. CPU only, a few seconds.
 """
+import conftest
 import pytest
 import torch
-from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import BertConfig, BertForMaskedLM
 
 from peftlab import METHODS, apply_method, count_parameters
 from peftlab.methods import remove_method
@@ -16,19 +17,17 @@ N_LAYERS, HIDDEN = 2, 32
 
 
 def tiny_llama():
-    return LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=HIDDEN, intermediate_size=64,
-                                        num_hidden_layers=N_LAYERS, num_attention_heads=4, num_key_value_heads=2,
-                                        max_position_embeddings=64, attention_bias=True, mlp_bias=True))
+    return conftest.tiny_llama(vocab_size=100, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=N_LAYERS,
+                               max_position_embeddings=64, tie_word_embeddings=False)
 
 
 def tiny_gpt2():
-    return GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=HIDDEN, n_layer=N_LAYERS, n_head=4, n_positions=64,
-                                      bos_token_id=0, eos_token_id=0))
+    return conftest.tiny_gpt2(vocab_size=100, n_embd=HIDDEN, n_layer=N_LAYERS, n_positions=64, resid_pdrop=0.1,
+                              embd_pdrop=0.1, attn_pdrop=0.1)
 
 
 def tiny_bert():
-    return BertForMaskedLM(BertConfig(vocab_size=100, hidden_size=HIDDEN, intermediate_size=64,
-                                      num_hidden_layers=N_LAYERS, num_attention_heads=4, max_position_embeddings=64))
+    return conftest.tiny_bert(hidden_size=HIDDEN, num_hidden_layers=N_LAYERS)
 
 
 MODELS = {"llama": tiny_llama, "gpt2": tiny_gpt2, "bert": tiny_bert}

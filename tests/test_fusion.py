@@ -6,23 +6,31 @@ Run: ``OMP_NUM_THREADS=1 .venv/bin/pytest tests/test_fusion.py``. CPU only, abou
 """
 import copy
 
+import conftest
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from peftlab import TrainConfig, train, world
 from peftlab.data import batches
 from peftlab.methods import fusion
 from peftlab.methods.adapters import PfeifferConfig, add_adapters
-from peftlab.methods.fusion import (FusionConfig, apply_fusion, force_adapter, fusion_attention, fusion_modules,
-                                    load_task_adapter, train_task_adapters)
+from peftlab.methods.fusion import (
+    FusionConfig,
+    apply_fusion,
+    force_adapter,
+    fusion_attention,
+    fusion_modules,
+    load_task_adapter,
+    train_task_adapters,
+)
+from peftlab.state import model_hooks
 
 TASKS = ["addition", "sentiment", "new_people"]
 
 
 def tiny_llama():
-    return LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32))
+    return conftest.tiny_llama(vocab_size=100, max_position_embeddings=32, attention_bias=False, mlp_bias=False,
+                               tie_word_embeddings=False)
 
 
 def random_adapter_states(base, tasks, seed=0):
@@ -64,14 +72,15 @@ def test_only_fusion_trains_and_init(fresh_base):
     model, tokenizer = fresh_base
     states = random_adapter_states(model, ["addition", "sentiment"])
     apply_fusion(model, states, FusionConfig(value_offdiag=0.0))
-    apply_fusion(model, states, FusionConfig(value_offdiag=0.0))  # idempotent
+    with pytest.raises(ValueError, match="remove_method"):  # a second fusion on top of the first: an error
+        apply_fusion(model, states, FusionConfig(value_offdiag=0.0))
     layers = fusion_modules(model)
-    assert len(layers) == model.config.num_hidden_layers and len(model.peftlab_hooks) == 1
+    assert len(layers) == model.config.num_hidden_layers and len(model_hooks(model)) == 1
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".fusion." in n for n in trainable)
     first = next(iter(layers.values())).fusion
     assert torch.equal(first.value.weight, torch.eye(first.value.weight.shape[0]))
-    assert model.peftlab_hooks[0].extra_loss(model, 0).item() == 0.0  # ||I - V||² at V = I
+    assert model_hooks(model)[0].extra_loss(model, 0).item() == 0.0  # ||I - V||² at V = I
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     examples = world.get_task("sentiment").train_examples(32)
     train(model, tokenizer, examples, TrainConfig(steps=3, batch_size=4, lr=1e-2, warmup=1), progress=False)

@@ -10,10 +10,9 @@ import json
 import math
 
 import peft
+import conftest
 import pytest
 import torch
-from transformers import (BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                          LlamaForCausalLM)
 
 from peftlab import apply_method, count_parameters, get_method, set_seed
 from peftlab.methods.lora import (LoraConfig, LoraLayer, apply_lora, load_lora, lora_layers, merge_and_unload,
@@ -25,19 +24,15 @@ ATOL = 1e-5  # fp32: the two libraries do the same operations in the same order;
 
 
 def tiny_llama():
-    return LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, attention_bias=True,
-                                        mlp_bias=True, max_position_embeddings=64))
+    return conftest.tiny_llama(vocab_size=97, max_position_embeddings=64, tie_word_embeddings=False)
 
 
 def tiny_gpt2():
-    return GPT2LMHeadModel(GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                                      bos_token_id=0, eos_token_id=0))
+    return conftest.tiny_gpt2(vocab_size=97, n_positions=64, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
 
 
 def tiny_bert():
-    return BertModel(BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                intermediate_size=48, max_position_embeddings=64))
+    return conftest.tiny_bert(vocab_size=97, masked_lm=False, intermediate_size=48)
 
 
 MODELS = {"llama": tiny_llama, "gpt2": tiny_gpt2, "bert": tiny_bert}

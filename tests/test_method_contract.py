@@ -65,7 +65,7 @@ def context(tokenizer, examples):
 
 
 def applied(name, arch, tokenizer, examples):
-    model = ARCHITECTURES[arch]()
+    model = ARCHITECTURES[arch](seed=0)
     base = copy.deepcopy(model)
     result = apply_method(model, name, context=context(tokenizer, examples), **FAST.get(name, {}))
     return base, model, result

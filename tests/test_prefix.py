@@ -7,9 +7,9 @@ Run: ``OMP_NUM_THREADS=1 .venv/bin/pytest tests/test_prefix.py``. CPU only, unde
 import copy
 import warnings
 
+import conftest
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from peftlab import apply_method, count_parameters, evaluate, train, world
 from peftlab.methods import remove_method
@@ -22,13 +22,12 @@ P = 5  # virtual tokens
 
 
 def tiny_llama():
-    return LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+    return conftest.tiny_llama(vocab_size=100, intermediate_size=64, max_position_embeddings=64, attention_bias=False,
+                               mlp_bias=False, tie_word_embeddings=False)
 
 
 def tiny_gpt2():
-    return GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                                      bos_token_id=0, eos_token_id=0))
+    return conftest.tiny_gpt2(vocab_size=100, n_positions=64, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
 
 
 MODELS = {"llama": tiny_llama, "gpt2": tiny_gpt2}

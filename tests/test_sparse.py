@@ -3,9 +3,9 @@ masks keep exactly k entries; after training under AdamW (weight decay on) every
 mask is bitwise the base; a masked gradient alone leaks under weight decay (the restore is needed); the
 saved sparse difference reproduces the fine-tuned model exactly. Run:
 ``.venv/bin/pytest tests/test_sparse.py``. CPU only, about a minute."""
+import conftest
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from peftlab import Hook, TrainConfig, apply_method, count_parameters, train, world
 from peftlab.data import collate, encode_example
@@ -13,11 +13,8 @@ from peftlab.methods import sparse
 from peftlab.state import model_hooks
 
 
-def tiny_llama(vocab_size: int) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab_size,
-                                        attention_bias=True, mlp_bias=True, tie_word_embeddings=True))
+def tiny_llama(vocab_size: int):
+    return conftest.tiny_llama(vocab_size=vocab_size, seed=0, max_position_embeddings=2048)
 
 
 def naive_fisher(model, tokenizer, examples):
