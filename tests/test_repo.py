@@ -78,3 +78,16 @@ def test_compare_and_the_loop_know_no_method():
         imported += [a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
         method_modules = [m for m in imported if m.startswith("methods.") or ".methods." in m]
         assert not method_modules, f"{name} imports {method_modules}"
+
+
+def test_the_package_map_names_every_module():
+    """README's "The package, module by module" and peftlab/__init__.py's docstring name every module."""
+    modules = {str(p.relative_to(ROOT / "peftlab")) for p in (ROOT / "peftlab").rglob("*.py")
+               if "__pycache__" not in p.parts and p.name != "__main__.py"}
+    modules -= {"__init__.py", "kernels/__init__.py", "memory/__init__.py", "memory_widget.py"}
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## The package, module by module"):]
+    docstring = (ROOT / "peftlab" / "__init__.py").read_text().split('"""')[1]
+    for where, text in (("README", section), ("peftlab/__init__.py", docstring)):
+        missing = sorted(m for m in modules if f"`{m}`" not in text)
+        assert not missing, f"{where} does not name {missing}"
