@@ -22,7 +22,8 @@ def test_compare_writes_table_json_and_plot(tmp_path, capsys):
     assert base["trainable"] == 0 and base["learning"] == 0 and base["forgetting_source_recall"] == 0
     assert full["trainable_pct"] == pytest.approx(100.0)
     assert full["grad_bytes"] == 4 * full["trainable"]  # fp32 gradients for every weight
-    assert full["optimizer_bytes"] >= 8 * full["trainable"]  # AdamW: two fp32 moments
+    # AdamW: two fp32 moments, counted once (memory.optimizer_state_bytes) by the loop and by the probe alike
+    assert full["optimizer_bytes"] == full["mem_optimizer_bytes"] == 8 * full["trainable"]
     # the memory probe's columns: the same gradient bytes as the loop held, activations measured
     assert full["mem_grad_bytes"] == full["grad_bytes"] and full["mem_activation_bytes"] > 0
     assert base["mem_grad_bytes"] == 0 and base["mem_weight_bytes"] == full["mem_weight_bytes"]

@@ -312,3 +312,15 @@ def test_widget_calculator_runs_headless(capsys):
     assert "RTX 3090 24 GB: fits" in capsys.readouterr().out
     fig = plot_breakdown([calc.estimate(), estimate("llama-2-7b", "lora")], gpu="rtx3090")
     assert len(fig.axes[0].patches) == 2 * len(memory.BUCKETS)
+
+
+def test_estimator_presets_name_registered_methods():
+    """The estimator's method presets are named presets of registered methods (their settings are the
+    7B-scale ones, documented in memory.estimate.MethodPreset, not the tiny base's registered defaults)."""
+    from peftlab.methods import METHODS
+
+    for name, preset in memory.METHOD_PRESETS.items():
+        assert preset.method in METHODS, name
+        assert (preset.rank > 0) == (name in ("lora", "qlora")) and (preset.tokens > 0) == (name == "prompt")
+    with pytest.raises(KeyError, match="known: full, lora"):
+        memory.estimate("tiny", "adapters")
