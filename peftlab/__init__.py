@@ -18,7 +18,10 @@ Training and measuring:
 - ``analysis.py``: means with confidence intervals, Pareto frontiers, forgetting at matched learning
 - ``spectral.py``: the rank of a fine-tuning update (energy rank), beside a random matrix's
 - ``plots.py``: the figures of the lectures and the README
-- ``claims.py``: the claims ledger of lecture 13: each common claim, its experiment and its verdict rule
+- ``claims/__init__.py``: the claims ledger of lecture 13: each common claim, its experiment and its verdict rule
+- ``claims/core.py``: a verdict, a ledger row, the committed slow results (``claims_results.json``)
+- ``claims/arithmetic.py``: rows settled by arithmetic and counting (memory, storage, low rank, prefixes, families)
+- ``claims/measured.py``: rows read from committed measurements (the sweep, latency, AdapterFusion)
 
 The methods (methods/):
 - ``methods/__init__.py``: the registry and the contract every method keeps (``apply_method``, ``RunContext``,
