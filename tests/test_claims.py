@@ -1,4 +1,4 @@
-"""The claims ledger (``peftlab/claims.py``, lecture 13) and the course's sources.
+"""The claims ledger (``peftlab/claims/``, lecture 13) and the course's sources.
 
 - every row has a claim, a source, an experiment (a callable and a command) and a verdict rule;
 - every verdict is computed by its rule from the measured result, and a changed result turns it;
