@@ -20,6 +20,7 @@ import json
 import sys
 
 from . import world
+from .utils import lookup
 
 
 def _cmd_compare(args) -> int:
@@ -146,8 +147,7 @@ def _cmd_memory(args) -> int:
                   checkpointing=args.checkpointing, zero_stage=args.zero, n_devices=args.devices, attention=args.attention)
     gpus = list(memory.GPUS) if args.gpu == "all" else [args.gpu.lower()]
     for gpu in gpus:
-        if gpu not in memory.GPUS:
-            raise KeyError(f"unknown GPU {gpu!r}; known: {', '.join(memory.GPUS)}, all")
+        lookup({**memory.GPUS, "all": None}, gpu, "GPU")
     if args.model == "all":
         rows = memory.will_it_fit(methods=[m.strip() for m in args.method.split(",")], gpus=gpus, **kwargs)
         print(memory.format_fit_table(rows))

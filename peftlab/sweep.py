@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .utils import lookup
+
 REFERENCE_PATH = Path(__file__).parent / "sweeps" / "reference.jsonl"  # the committed reference sweep
 
 # The rates each method's grid is centred on: the hand-set rates the course used before any sweep
@@ -46,8 +48,7 @@ GRID_FACTORS = (0.1, 10 ** -0.5, 1.0, 10 ** 0.5, 10.0)  # five rates, log-spaced
 
 def lr_grid(method: str, n: int = 5, decades: float = 2.0) -> list[float]:
     """``n`` log-spaced rates over ``decades`` decades centred on the method's grid centre."""
-    if method not in GRID_CENTRES:
-        raise KeyError(f"no grid centre for method {method!r}; known: {', '.join(GRID_CENTRES)}")
+    lookup(GRID_CENTRES, method, "method with a grid centre")
     if n < 1:
         raise ValueError(f"a grid needs at least one rate, not {n}")
     centre = GRID_CENTRES[method]

@@ -26,6 +26,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .utils import lookup
+
 DATA_DIR = Path(__file__).parent / "data"
 
 FIRST_NAMES = [
@@ -101,8 +103,7 @@ class Person:
     employer: str
 
     def get(self, attribute: str) -> str:
-        if attribute not in ATTRIBUTES:
-            raise KeyError(f"unknown attribute {attribute!r}; attributes are {', '.join(ATTRIBUTES)}")
+        lookup(dict.fromkeys(ATTRIBUTES), attribute, "attribute")
         return getattr(self, attribute)
 
 
@@ -329,9 +330,7 @@ TASKS: dict[str, Task] = {
 
 
 def get_task(name: str) -> Task:
-    if name not in TASKS:
-        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
-    return TASKS[name]
+    return lookup(TASKS, name, "task")
 
 
 # --------------------------------------------------------------------------------- English text
