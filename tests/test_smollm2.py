@@ -119,3 +119,31 @@ def test_bitfit_without_added_biases_explains_what_is_missing(smollm2):
     base, _ = smollm2
     with pytest.raises(ValueError, match="add_missing_biases=True"):
         apply_method(copy.deepcopy(base), "bitfit")
+
+
+@pytest.mark.slow
+def test_qlora_on_smollm2_equals_bitsandbytes_4bit(smollm2):
+    """QLoRA's 4-bit base on the real model, against bitsandbytes on the CPU (where it runs): every
+    projection of one SmolLM2 layer quantizes to bitsandbytes' very bytes and scales, and bitsandbytes'
+    ``Linear4bit`` (train mode, fp32 compute) computes what the course's ``Linear4bit`` computes."""
+    bnb = pytest.importorskip("bitsandbytes")
+    model, tokenizer = smollm2
+    layer = model.model.layers[3]
+    projections = {**{n: getattr(layer.self_attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")},
+                   **{n: getattr(layer.mlp, n) for n in ("gate_proj", "up_proj", "down_proj")}}
+    torch.manual_seed(0)
+    for name, linear in projections.items():
+        ours = Linear4bit.from_linear(linear)  # nf4, blocksize 64, double quantization, fp32 compute
+        theirs = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=False, compute_dtype=torch.float32,
+                                   compress_statistics=True, quant_type="nf4")
+        theirs.weight = bnb.nn.Params4bit(linear.weight.data.clone(), requires_grad=False, quant_type="nf4",
+                                          compress_statistics=True)
+        theirs = theirs.to("cpu")  # quantizes
+        state = theirs.weight.quant_state
+        assert torch.equal(ours.weight_packed, theirs.weight.data.reshape(-1)), name  # the same 4-bit codes
+        assert torch.equal(ours.quantized.absmax, state.absmax), name  # the same 8-bit scales
+        torch.testing.assert_close(ours.quantized.state2.absmax, state.state2.absmax, rtol=0, atol=0)
+        x = torch.randn(2, 7, linear.in_features)
+        theirs.train()  # bitsandbytes' fp32 dequantize-then-matmul path (eval mode switches to a bf16 kernel)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-5)  # measured: identical (0.0)
