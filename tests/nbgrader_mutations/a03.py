@@ -82,7 +82,8 @@ MORE_MUTATIONS = {
     self.merge = merge_by_new_parameter
     """),
     # Part C: freeze only the base weight; its bias keeps training
-    "base_bias_trains": ("lora_linear", _INIT.replace("self.base.requires_grad_(False)", "self.base.weight.requires_grad_(False)")),
+    "base_bias_trains": ("lora_linear", _INIT.replace("self.base.requires_grad_(False)",
+                                                      "self.base.weight.requires_grad_(False)")),
     # Part D: read head_dim and num_key_value_heads without handling None
     "count_ignores_none": ("lora_parameter_count", """
         h, heads, kv_heads = config.hidden_size, config.num_attention_heads, config.num_key_value_heads

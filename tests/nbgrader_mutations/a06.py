@@ -117,7 +117,8 @@ MORE_MUTATIONS = {
         trainable = 0
         for name, parameter in model.named_parameters():
             parts = name.split(".")
-            if parts[-3:] == ["self", "query", "bias"] or (parts[-3:] == ["output", "dense", "bias"] and parts[-4] != "attention"):
+            second_mlp = parts[-3:] == ["output", "dense", "bias"] and parts[-4] != "attention"
+            if parts[-3:] == ["self", "query", "bias"] or second_mlp:
                 parameter.requires_grad_(True)
                 trainable += parameter.numel()
         return trainable
