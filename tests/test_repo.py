@@ -91,3 +91,22 @@ def test_the_package_map_names_every_module():
     for where, text in (("README", section), ("peftlab/__init__.py", docstring)):
         missing = sorted(m for m in modules if f"`{m}`" not in text)
         assert not missing, f"{where} does not name {missing}"
+
+
+def test_readme_assignment_points_are_the_notebooks():
+    """The README's table of assignments gives each notebook's total and hand-graded points as the
+    notebook itself has them (its title, and its nbgrader cells graded by hand)."""
+    import json
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("### Assignments: student time and weights"):]
+    listed = {m.group(1): (int(m.group(2)), int(m.group(3)), int(m.group(4)))
+              for m in re.finditer(r"^\| (a\d\d) [^|]+\| (\d+) \((\d+) \+ (\d+)\) \|", table, re.M)}
+    notebooks = sorted((ROOT / "solutions").glob("a*/a*.ipynb"))
+    assert set(listed) == {nb.stem for nb in notebooks}
+    for path in notebooks:
+        cells = json.loads(path.read_text())["cells"]
+        total = int(re.search(r"\((\d+) points\b", "".join(cells[0]["source"])).group(1))
+        hand = sum(c["metadata"]["nbgrader"]["points"] for c in cells
+                   if c["metadata"].get("nbgrader", {}).get("grade") and c["metadata"]["nbgrader"].get("solution"))
+        assert listed[path.stem] == (total, total - hand, hand), (path.stem, listed[path.stem], total, hand)
