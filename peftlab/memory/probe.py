@@ -49,19 +49,20 @@ def adamw_8bit(model_or_params, lr: float = 1e-3, weight_decay: float = 0.0, **k
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer, local=None) -> int:
-    """Bytes of the optimizer's per-parameter state tensors, each storage once (the one count of them:
+    """Bytes of the optimizer's per-parameter state tensors, each tensor once (the one count of them:
     the training loop, the probe and ``peftlab.distributed`` all use it).
 
     The ``step`` counters (one scalar per parameter tensor) are left out: they are not bytes per
     parameter, and the estimator does not count them. ``local`` maps a state tensor to the part this
-    process holds (a DTensor's local shard under FSDP2).
+    process holds (a DTensor's local shard under FSDP2). Tensors are counted by their elements, not
+    their storages: under DDP a state's storage may not expose a data pointer.
     """
     seen: dict[int, int] = {}
     for state in optimizer.state.values():
         for key, value in state.items():
             if key != "step" and torch.is_tensor(value) and value.numel():
-                storage = (local(value) if local is not None else value).untyped_storage()
-                seen.setdefault(storage.data_ptr(), storage.nbytes())
+                part = local(value) if local is not None else value
+                seen.setdefault(id(value), part.numel() * part.element_size())
     return sum(seen.values())
 
 
