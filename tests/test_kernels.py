@@ -20,7 +20,7 @@ from peftlab import kernels, quant as Q
 INTERPRETER_SCRIPT = textwrap.dedent("""
     import torch
     from peftlab import kernels, quant as Q
-    from peftlab.kernels import nf4 as K
+    from peftlab.kernels import nf4 as K, nf4_triton as KT  # the kernels live in nf4_triton (imported lazily)
     assert kernels.interpreting()
     torch.manual_seed(0)
     cases = [((37, 70), "nf4", True), ((33, 129), "nf4", False), ((64, 64), "fp4", True), ((5, 3), "int4", False)]
@@ -41,8 +41,8 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
     # a deliberately wrong index must be caught: read the scale of block i // 32 instead of i // 64
     q = Q.quantize_4bit(torch.randn(37, 70), "nf4", 64, True)
     out = torch.empty(q.shape)
-    absmax, absmax2, code2, offset = K._scale_args(q)
-    K._dequantize_kernel[(3,)](q.packed, absmax, absmax2, code2, offset, q.code, out, out.numel(),
+    absmax, absmax2, code2, offset = KT._scale_args(q)
+    KT._dequantize_kernel[(3,)](q.packed, absmax, absmax2, code2, offset, q.code, out, out.numel(),
                                BLOCKSIZE=32, BLOCKSIZE2=256, DOUBLE_QUANT=True, BLOCK=1024)
     assert not torch.allclose(out, kernels.dequantize_nf4(q, backend="torch"))
     print("KERNELS OK")
