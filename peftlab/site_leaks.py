@@ -42,13 +42,17 @@ def solution_lines(root: Path = ROOT, min_length: int = 10) -> set[str]:
                 elif inside or (meta.get("solution") and not marked):
                     secret.add(_normalize(line))
     public: set[str] = set()
+    public_cells: list[str] = []  # whole cells, whitespace collapsed: a page renders a cell's lines as one text
     for folder in ("lectures", "exercises"):
         for path in sorted((root / folder).rglob("*.ipynb")):
             for cell in nbformat.read(path, as_version=4).cells:
                 public |= {_normalize(ln) for ln in cell.source.splitlines()}
+                public_cells.append(_normalize(cell.source))
     for path in sorted((root / "peftlab").rglob("*.py")):  # the package is public: the course zip ships it
         public |= {_normalize(ln) for ln in path.read_text().splitlines()}
-    public_text = "\n".join(public)  # a secret inside a public line (a hidden test's call of a visible helper) is public
+    # a secret inside public text (a hidden test's call of a visible helper, or a hidden line that a visible
+    # cell writes across two lines) is public
+    public_text = "\n".join(public) + "\n" + "\n".join(public_cells)
     return {s for s in secret - public if len(s) >= min_length and re.search(r"[A-Za-z]", s) and s not in public_text}
 
 
