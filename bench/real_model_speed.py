@@ -27,7 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from peftlab import apply_method, count_parameters, format_bytes, get_device, load_base, set_seed  # noqa: E402
+from peftlab import apply_method, format_bytes, get_device, load_base, set_seed  # noqa: E402
+from peftlab.methods import trainable_count  # noqa: E402
 from peftlab.memory import probe_training_step  # noqa: E402
 from peftlab.state import model_hooks  # noqa: E402
 from peftlab.train import TrainConfig, make_optimizer  # noqa: E402
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
         optimizer = make_optimizer(model, TrainConfig(lr=1e-5))
         step(model, optimizer, batch)  # warm-up
         times = [step(model, optimizer, batch, i + 1) for i in range(args.steps)]
-        runs[name] = {"memory": memory, "times": times, "trainable": count_parameters(model).trainable}
+        runs[name] = {"memory": memory, "times": times, "trainable": trainable_count(model).trainable}  # a mask: its entries
         print(f"  {name}: {statistics.median(times):.2f} s/step", flush=True)
         del model, optimizer
     full = runs.get("full")

@@ -38,6 +38,13 @@ def _cmd_compare(args) -> int:
         methods = methods or list(realworld.COMPARE_METHODS)
     cfg = CompareConfig(task=args.task, steps=steps, batch_size=batch_size, seed=args.seed, model=args.model)
     compare(cfg, methods, out_dir=args.out, progress=not args.no_progress)
+    if args.markdown:
+        import json
+        from pathlib import Path
+
+        from .compare import markdown_table
+
+        print("\n" + markdown_table(json.loads((Path(args.out) / "compare.json").read_text())))
     return 0
 
 
@@ -235,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=None, help="comma-separated method names (default: all registered)")
     p.add_argument("--out", default="results", help="folder for compare.csv, compare.json and the plot")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--markdown", action="store_true", help="also print the table as markdown (the README's)")
     p.set_defaults(fn=_cmd_compare)
 
     p = sub.add_parser("sweep", help="learning-rate sweep: methods x rates x seeds, learning and forgetting "

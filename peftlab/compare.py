@@ -104,6 +104,21 @@ def format_table(rows: list[dict], task: world.Task) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(result: dict) -> str:
+    """The README's table of a saved run: ``result`` is what ``compare`` writes to ``compare.json``."""
+    metric = result["meta"]["task"]["metric"].replace("_", " ")
+    lines = [f"| method | lr | trainable | {metric} (target) | source recall | English ppl | s/step "
+             "| weights+grads+optim | activations |", "| --- | ---: | ---: | --- | --- | --- | ---: | ---: | ---: |"]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['method']} | {r['lr']:.3g} | {r['trainable']:,} ({r['trainable_pct']:.2f}%) "
+            f"| {r['target_before']:.3f} → {r['target_after']:.3f} "
+            f"| {r['source_recall_before']:.3f} → {r['source_recall_after']:.3f} "
+            f"| {r['english_ppl_before']:.1f} → {r['english_ppl_after']:.1f} | {r['seconds_per_step']:.2f} "
+            f"| {format_bytes(r['train_bytes'])} | {format_bytes(r['mem_activation_bytes'])} |")
+    return "\n".join(lines)
+
+
 def compare(cfg: CompareConfig = CompareConfig(), methods: list[str] | None = None,
             out_dir: Path | str = "results", progress: bool = True) -> list[dict]:
     """Run ``methods`` (default: every registered one), save table, JSON and plot in ``out_dir``."""

@@ -1,8 +1,10 @@
 """Shared set-up: quick runs, a private cache, one torch thread per xdist worker; the tiny base as fixtures.
 
-The suite runs in two pytest-xdist workers (``-n 2 --dist loadfile`` in pyproject.toml): each test
-file runs on one worker, so the nbgrader pipeline grades each assignment once and the lectures run
-one at a time, beside the other files' tests.
+The suite runs in two pytest-xdist workers (``-n 2`` in pyproject.toml), scheduled by ``xdist_group``
+below. Each test file is one group, so its module fixtures are built once, on one worker; the two slow
+files are split finer (``SPLIT_BY``): the nbgrader pipeline by assignment (each assignment is graded once,
+on one worker, and its checks run there) and the lectures one per group. The slow tests are queued
+first, so the fast files fill the end of the run on whichever worker is free.
 """
 import os
 import tempfile
@@ -20,6 +22,37 @@ if WORKERS > 1:  # workers share the cores: one thread each, and so for the note
 import torch  # noqa: E402  (after OMP_NUM_THREADS)
 
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
+
+
+SPLIT_BY = {"tests/test_nbgrader.py": "test_", "tests/test_notebooks.py": "test_lecture_runs["}  # file -> tests split
+SLOW_MARKS = ("nbgrader", "notebook")
+
+
+def xdist_group(nodeid: str) -> str:
+    """The group a test runs in: its file, or for a test of ``SPLIT_BY`` its file and its parameter, e.g.
+    ``tests/test_nbgrader.py[a05]`` (every test of assignment a05, which grades it once) or one lecture."""
+    path, _, name = nodeid.partition("::")
+    if name.startswith(SPLIT_BY.get(path, "\0")) and name.endswith("]") and "[" in name:
+        return f"{path}[{name[name.index('[') + 1:-1]}]"
+    return path
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first (stable otherwise), so the slow groups start at once and fast files fill the end."""
+    items.sort(key=lambda item: not any(item.get_closest_marker(mark) for mark in SLOW_MARKS))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Schedule by ``xdist_group``: a group's tests run on one worker, in order (pytest-xdist's own
+    ``--dist loadgroup`` relies on a pytest internal that pytest 9 renamed, so it would group nothing)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid)
+
+    return ByGroup(config, log)
 
 
 @pytest.fixture(scope="session")

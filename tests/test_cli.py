@@ -11,9 +11,11 @@ from peftlab.cli import main
 
 
 def test_compare_writes_table_json_and_plot(tmp_path, capsys):
-    assert main(["compare", "--steps", "4", "--task", "sentiment", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert main(["compare", "--steps", "4", "--task", "sentiment", "--out", str(tmp_path), "--no-progress",
+                 "--markdown"]) == 0
     printed = capsys.readouterr().out
     assert "full" in printed and "base" in printed
+    assert "| method | lr | trainable | accuracy (target) |" in printed and "\n| full | " in printed
     rows = list(csv.DictReader(open(tmp_path / "compare.csv")))
     assert [r["method"] for r in rows][:2] == ["base", "full"]
     data = json.loads((tmp_path / "compare.json").read_text())
@@ -28,6 +30,26 @@ def test_compare_writes_table_json_and_plot(tmp_path, capsys):
     assert full["mem_grad_bytes"] == full["grad_bytes"] and full["mem_activation_bytes"] > 0
     assert base["mem_grad_bytes"] == 0 and base["mem_weight_bytes"] == full["mem_weight_bytes"]
     assert (tmp_path / "learning_vs_forgetting.png").stat().st_size > 10_000
+
+
+def test_readme_smollm2_table_is_the_committed_run():
+    """The README's SmolLM2 table is ``markdown_table`` of ``docs/smollm2_compare.json``, a run of the default
+    ``compare --model smollm2`` command (methods, steps, batch size) that took at most 20 minutes."""
+    from pathlib import Path
+
+    from peftlab import realworld
+    from peftlab.compare import markdown_table
+
+    root = Path(__file__).resolve().parents[1]
+    result = json.loads((root / "docs" / "smollm2_compare.json").read_text())
+    meta = result["meta"]
+    assert meta["config"]["model"] == "smollm2" and meta["config"]["steps"] == realworld.COMPARE_STEPS
+    assert meta["config"]["batch_size"] == realworld.COMPARE_BATCH_SIZE
+    assert [row["method"] for row in result["rows"]] == list(realworld.COMPARE_METHODS)
+    assert meta["seconds"] <= 20 * 60, f"the committed run took {meta['seconds']} s, over the 20 minutes promised"
+    readme = (root / "README.md").read_text()
+    assert markdown_table(result) in readme, "README's SmolLM2 table differs from docs/smollm2_compare.json"
+    assert f"**{meta['seconds']:.0f} s" in readme
 
 
 def test_unknown_method_is_a_clear_error(tmp_path, capsys):

@@ -395,7 +395,7 @@ def graded(request, tmp_path_factory) -> GradedCourse:
 
     pytest-xdist may tear a module fixture down between two tests of the same assignment (a worker
     does not always know its next test), so the graded course is kept for the whole session (the
-    suite's ``--dist loadfile`` keeps this file on one worker).
+    suite's scheduler keeps each assignment's tests on one worker: ``xdist_group`` in ``tests/conftest.py``).
     """
     if request.param not in _GRADED:
         _GRADED[request.param] = grade_course(request.param, tmp_path_factory)
