@@ -11,9 +11,11 @@ Three problems a graded notebook meets, and what this module does about each:
   ``check_untouched()`` fails a test cell if a student replaced any of those functions on their
   module (the autograder also reads answer cells for such assignments).
 - **Borrowed answers.** The package implements most graded functions. ``switched_off("peftlab.quant.
-  dequantize_4bit", ...)`` makes those functions raise for the duration of a ``with`` block, wherever
-  they are reachable: on their module, on every ``peftlab`` module that re-exports them, and under any
-  name in the notebook's globals (``from peftlab.quant import dequantize_4bit as d`` included).
+  dequantize_4bit", ...)`` makes those functions raise for the duration of a ``with`` block, however
+  an answer reaches them: the function objects themselves get a refusing code object (so a reference
+  bound earlier, as a default argument, in a closure or under an alias, refuses too), and the names
+  are rebound on their module, on every ``peftlab`` module that re-exports them, and in the notebook's
+  globals (what has no code object of its own to swap, such as a builtin, is caught by the names only).
 
 Usage, in an assignment::
 
@@ -129,10 +131,60 @@ def _resolve(dotted: str):
     raise ImportError(f"{dotted}: no importable module at its start (expected e.g. 'peftlab.quant.quantize_4bit')")
 
 
+def _refusing_code(code: types.CodeType, message: str) -> types.CodeType:
+    """A code object that raises ``AssertionError(message)``, with as many free variables as ``code``.
+
+    CPython lets a function's ``__code__`` be replaced only by code with the same number of free
+    variables (its closure cells stay): the refusing function is built inside a factory that binds the
+    same names, and mentions them once so that they become its free variables."""
+    free = code.co_freevars
+    lines = ["def _factory():"] + [f"    {name} = None" for name in free] + ["    def _refuse(*args, **kwargs):"]
+    if free:
+        lines.append(f"        ({', '.join(free)},)")
+    lines += [f"        raise AssertionError({message!r})", "    return _refuse"]
+    namespace: dict = {}
+    exec("\n".join(lines), namespace)  # noqa: S102 (source built here from identifiers and a repr)
+    refusing = namespace["_factory"]().__code__
+    assert len(refusing.co_freevars) == len(free)
+    return refusing.replace(co_name=code.co_name, co_qualname=code.co_qualname, co_filename=code.co_filename)
+
+
+def _functions_of(obj) -> list[types.FunctionType]:
+    """The Python functions whose code runs when ``obj`` is used: a function itself (and what it wraps,
+    ``functools.wraps``), a bound method's function, a property's accessors, and a class's own methods."""
+    found: list[types.FunctionType] = []
+
+    def add(candidate):
+        while candidate is not None:
+            if isinstance(candidate, types.MethodType):
+                candidate = candidate.__func__
+            if isinstance(candidate, (staticmethod, classmethod)):
+                candidate = candidate.__func__
+            if not isinstance(candidate, types.FunctionType) or any(candidate is f for f in found):
+                return
+            found.append(candidate)
+            candidate = getattr(candidate, "__wrapped__", None)
+
+    if isinstance(obj, property):
+        for accessor in (obj.fget, obj.fset, obj.fdel):
+            add(accessor)
+    elif isinstance(obj, type):
+        for value in vars(obj).values():
+            if isinstance(value, property):
+                found += [f for f in _functions_of(value) if not any(f is g for g in found)]
+            else:
+                add(value)
+    else:
+        add(obj)
+    return found
+
+
 @contextlib.contextmanager
 def switched_off(*dotted_names: str, namespace: dict | None = None):
-    """Within the block, the named functions raise AssertionError wherever the notebook could reach them.
+    """Within the block, the named functions raise AssertionError however the notebook reaches them.
 
+    Swapped: the code object of each named function (of a class: of its own methods and properties), so
+    every reference to it refuses, wherever it was bound (a default argument, a closure, a saved alias).
     Patched: the attribute on its owner; every loaded ``peftlab`` module attribute that is the same
     object (re-exports); every name in ``namespace`` (default: the notebook's ``__main__`` globals)
     bound to it. Everything is restored on exit, even if the block raises.
@@ -140,12 +192,18 @@ def switched_off(*dotted_names: str, namespace: dict | None = None):
     if namespace is None:
         namespace = vars(sys.modules["__main__"])
     patches: list[tuple[object, str, object]] = []  # (owner, attribute, original)
+    codes: list[tuple[types.FunctionType, types.CodeType]] = []  # (function, its original code)
     for dotted in dotted_names:
         owner, attr, original = _resolve(dotted)
+        message = f"{dotted} is switched off in this test: the part asks you to implement it yourself"
 
-        def refuse(*args, _name=dotted, **kwargs):
-            raise AssertionError(f"{_name} is switched off in this test: the part asks you to implement it yourself")
+        def refuse(*args, _message=message, **kwargs):
+            raise AssertionError(_message)
 
+        for function in _functions_of(original):
+            if not any(function is done for done, _ in codes):
+                codes.append((function, function.__code__))
+                function.__code__ = _refusing_code(function.__code__, message)
         if isinstance(original, property):  # e.g. peftlab.quant.Quantized4bit.scales
             refuse = property(refuse)
 
@@ -165,6 +223,8 @@ def switched_off(*dotted_names: str, namespace: dict | None = None):
     try:
         yield
     finally:
+        for function, code in reversed(codes):
+            function.__code__ = code
         for target, name, original in reversed(patches):
             if isinstance(target, dict):
                 target[name] = original

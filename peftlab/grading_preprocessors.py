@@ -16,6 +16,16 @@
   answer or test cell and fails (``KeyError``) when the cell before it in the source is another locked
   cell (a heading); this version puts it after the nearest earlier source cell the submission still has.
 
+- ``ScoreByPassing`` (after the notebook ran, before its scores are saved): an autograded test cell scores
+  its points when it raises nothing and 0 when it raises, whatever else it displays. nbgrader 0.9.6's
+  ``determine_grade`` reads a test cell's first ``execute_result`` as a partial grade and stops there (a
+  value that is not a number counts as full marks), so an answer that publishes a result in the test
+  cell (``get_ipython().displayhook("ok")`` from inside a function, or from a ``pre_run_cell`` hook)
+  would hide the ``AssertionError`` after it. Each ``execute_result`` of a test cell becomes a
+  ``display_data`` with the same content: the feedback still shows it, the grade reads only errors.
+  (nbgrader's ``Execute`` already records an error from the kernel's reply when a cell's error output
+  was cleared or never shown.) The course gives no partial credit through outputs.
+
 This static check is the second line of defence: the hidden tests compare through ``peftlab.grading``'s
 references, captured before any answer ran, so a patch this reading misses still does not pass them.
 """
@@ -34,6 +44,11 @@ CHECKING_BUILTINS = frozenset({"abs", "all", "any", "len", "isinstance", "issubc
                                "round", "float", "int", "bool", "str", "list", "dict", "set", "tuple", "zip", "range",
                                "enumerate", "callable", "hasattr", "getattr"})
 DYNAMIC_CODE = frozenset({"exec", "eval", "compile", "__import__"})
+# IPython's hooks that rewrite the code of the cells that run after them (the test cells): an AST transformer
+# that drops ``assert`` statements, an input transformer that empties a cell
+CODE_REWRITERS = frozenset({"ast_transformers", "input_transformers_cleanup", "input_transformers_post",
+                            "input_transformer_manager", "input_splitter", "transform_cell", "transform_ast",
+                            "run_cell", "run_ast_nodes", "run_code"})
 FLAG_NAME = "GradingFlag"
 
 
@@ -235,6 +250,11 @@ class _Finder(ast.NodeVisitor):
             self.visit(stmt)
         self.scopes.pop()
 
+    def visit_Attribute(self, node):
+        if node.attr in CODE_REWRITERS:
+            self._flag(node, f"reaches IPython's {node.attr}, which can rewrite the test cells that run after it")
+        self.generic_visit(node)
+
     # -- calls that change modules or run code no one can read
     def visit_Call(self, node):
         parts = _dotted(node.func)
@@ -306,6 +326,21 @@ class FlagTampering(NbGraderPreprocessor):
                 cell.outputs.append(NotebookNode(output_type="error", ename=FLAG_NAME, evalue=message,
                                                  traceback=[f"{FLAG_NAME}: {message}"]))
         return nb, resources
+
+
+class ScoreByPassing(NbGraderPreprocessor):
+    """A test cell's points come from passing it: its ``execute_result`` outputs become ``display_data``."""
+
+    def preprocess_cell(self, cell, resources, index):
+        if utils.is_grade(cell) and not utils.is_solution(cell) and cell.cell_type == "code":
+            published = sum(output.output_type == "execute_result" for output in cell.outputs)
+            if published:
+                cell.outputs = [NotebookNode(output_type="display_data", data=output.get("data", {}),
+                                             metadata=output.get("metadata", {}))
+                                if output.output_type == "execute_result" else output for output in cell.outputs]
+                self.log.info("%s: %d result(s) shown in the test cell do not decide its grade",
+                              cell.metadata["nbgrader"]["grade_id"], published)
+        return cell, resources
 
 
 class RestoreDeletedCells(OverwriteCells):

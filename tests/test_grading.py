@@ -23,7 +23,7 @@ import torch
 
 import peftlab
 from peftlab import grading, utils
-from peftlab.grading_preprocessors import FLAG_NAME, FlagTampering, find_tampering, student_cells
+from peftlab.grading_preprocessors import FLAG_NAME, FlagTampering, ScoreByPassing, find_tampering, student_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,6 +78,58 @@ def test_switched_off_reaches_reexports_and_aliases_and_restores():
             pass
 
 
+def test_switched_off_refuses_references_bound_before_the_block():
+    """A default argument, a closure and a bound method taken before the block refuse inside it (the
+    function's own code is swapped), and work again after it."""
+    original = utils.count_parameters
+    code = original.__code__
+
+    def by_default(model, _impl=utils.count_parameters):  # delegation through a default argument
+        return _impl(model)
+
+    def make_closure():
+        impl = utils.count_parameters
+        return lambda model: impl(model)
+
+    by_closure = make_closure()
+    layer = torch.nn.Linear(2, 2)
+    expected = original(layer)
+    with grading.switched_off("peftlab.utils.count_parameters", namespace={}):
+        for delegate in (by_default, by_closure):
+            with pytest.raises(AssertionError, match="switched off"):
+                delegate(layer)
+    assert original.__code__ is code and by_default(layer) == by_closure(layer) == expected
+
+
+def test_switched_off_swaps_the_code_of_closures_methods_and_properties():
+    import functools
+
+    from peftlab.quant import Quantized4bit
+
+    def outer():
+        secret = 3
+
+        @functools.wraps(outer)
+        def inner(x):
+            return x + secret
+        return inner
+
+    wrapped = outer()  # a closure with one free variable: the refusing code must keep one
+    module = type(sys)("peftlab._switched_off_fixture")
+    module.wrapped = wrapped
+    sys.modules[module.__name__] = module
+    try:
+        code, scales = Quantized4bit.__dict__["code"], Quantized4bit.scales  # a property and a method, taken before
+        with grading.switched_off("peftlab._switched_off_fixture.wrapped", "peftlab.quant.Quantized4bit.code",
+                                  "peftlab.quant.Quantized4bit", namespace={}):
+            for call in (lambda: wrapped(1), lambda: code.fget(None), lambda: scales(None)):
+                with pytest.raises(AssertionError, match="switched off"):
+                    call()
+        assert wrapped(1) == 4 and Quantized4bit.__dict__["code"] is code and Quantized4bit.scales is scales
+    finally:
+        del sys.modules[module.__name__]
+
+
 @pytest.mark.parametrize("answer, found", [
     ("torch.testing.assert_close = lambda *a, **k: None", "assigns to torch.testing.assert_close"),
     ("math.isclose = lambda *a, **k: True", "assigns to math.isclose"),
@@ -99,6 +151,9 @@ def test_switched_off_reaches_reexports_and_aliases_and_restores():
     ("REF = None", "rebinds 'REF', which a locked cell set up"),
     ("import numpy as torch", "rebinds 'torch', which a locked cell set up"),
     ("def tiny_model(seed=0):\n    return 0", "rebinds 'tiny_model', which a locked cell set up"),
+    ("get_ipython().ast_transformers.append(object())", "reaches IPython's ast_transformers"),
+    ("ip = get_ipython()\nip.input_transformers_post.append(lambda lines: [])", "reaches IPython's input_transformers_post"),
+    ("def f():\n    get_ipython().run_cell = print", "reaches IPython's run_cell"),
 ])
 def test_tampering_is_found(answer, found):
     findings = find_tampering({"cell 'answer'": answer}, LOCKED)
@@ -142,6 +197,29 @@ def test_flag_zeroes_every_test_cell_and_says_why():
     assert nb.metadata["peftlab_grading"]["tampering"]
     clean, _ = FlagTampering().preprocess(_notebook("def f():\n    return 1"), {})
     assert determine_grade(clean.cells[-1]) == (2.0, 2.0) and clean.metadata["peftlab_grading"]["tampering"] == []
+
+
+def test_a_test_cell_scores_by_passing_whatever_it_displays():
+    """nbgrader reads a test cell's first execute_result as its grade; ScoreByPassing makes only errors count."""
+    from nbgrader.utils import determine_grade
+
+    published = nbformat.v4.new_output("execute_result", data={"text/plain": "'ok'"}, execution_count=3)
+    error = nbformat.v4.new_output("error", ename="AssertionError", evalue="wrong", traceback=["AssertionError: wrong"])
+    shown = nbformat.v4.new_output("display_data", data={"text/plain": "0.5"})
+    cases = [([published, error], 0), ([shown, published, error], 0), ([published], 2.0), ([shown], 2.0), ([], 2.0),
+             ([error, published], 0)]
+    for outputs, expected in cases:
+        nb = _notebook("def f():\n    return 1")
+        nb.cells[-1].outputs = copy.deepcopy(outputs)
+        if outputs[:1] == [published]:  # nbgrader alone: a published result that comes first decides the grade
+            assert determine_grade(nb.cells[-1]) == (2.0, 2.0)
+        graded, _ = ScoreByPassing().preprocess(nb, {})
+        assert determine_grade(graded.cells[-1]) == (expected, 2.0), (outputs, graded.cells[-1].outputs)
+        kinds = [o.output_type for o in graded.cells[-1].outputs]
+        assert "execute_result" not in kinds and len(kinds) == len(outputs), kinds  # shown, not dropped
+    answer_nb = _notebook("1 + 1")
+    answer_nb.cells[1].outputs = [copy.deepcopy(published)]  # an answer cell's result is left as it is
+    assert ScoreByPassing().preprocess(answer_nb, {})[0].cells[1].outputs[0].output_type == "execute_result"
 
 
 def _course_notebook():
@@ -192,3 +270,53 @@ def test_a_deleted_test_cell_after_a_heading_is_restored(tmp_path):
     ids = [cell.metadata.get("nbgrader", {}).get("grade_id") for cell in graded.cells]
     assert ids == ["setup", "f", "test_f", "part_b", "test_sum"], ids
     assert "assert f() + x == 3" in graded.cells[4].source  # restored with its hidden test
+
+
+PUBLISHING_ANSWER = """
+def f():
+    ### BEGIN SOLUTION
+    get_ipython().displayhook("ok")  # a result shown in the test cell that calls f
+    return 3  # wrong: the test wants 2
+    ### END SOLUTION
+
+
+def _publish(*args):
+    get_ipython().displayhook("ok")
+
+
+get_ipython().events.register("pre_run_cell", _publish)  # a result shown at the start of every later cell
+"""
+
+
+@pytest.mark.nbgrader
+def test_a_wrong_answer_that_publishes_a_result_scores_zero(tmp_path):
+    """Under real ``nbgrader autograde`` with the course's config: a wrong answer that shows ``"ok"`` in the
+    test cells, from inside its function and from a ``pre_run_cell`` hook, scores 0 (plain nbgrader 0.9.6
+    reads the shown result as full marks); the right answer that publishes the same way keeps its points."""
+    import os
+
+    from nbgrader.api import Gradebook
+
+    shutil.copy(ROOT / "nbgrader_config.py", tmp_path)
+    (tmp_path / "solutions" / "t").mkdir(parents=True)
+    source = _course_notebook()
+    nbformat.write(source, tmp_path / "solutions" / "t" / "t.ipynb")
+    for student, answer in (("wrong", PUBLISHING_ANSWER), ("right", PUBLISHING_ANSWER.replace("return 3", "return 2"))):
+        submission = copy.deepcopy(source)
+        submission.cells[1].source = answer
+        (tmp_path / "submitted" / student / "t").mkdir(parents=True)
+        nbformat.write(submission, tmp_path / "submitted" / student / "t" / "t.ipynb")
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    env.pop("NBGRADER_EXECUTION", None)
+    for args in (["generate_assignment", "t", "--force"], ["autograde", "t"]):
+        proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=tmp_path, env=env, capture_output=True, text=True)
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and "| ERROR]" not in log, log[-3000:]
+    with Gradebook(f"sqlite:///{tmp_path / 'gradebook.db'}", "peftlab") as gradebook:
+        grades = {student: {g.name: g.score for nb in gradebook.find_submission("t", student).notebooks for g in nb.grades}
+                  for student in ("wrong", "right")}
+    assert grades == {"wrong": {"test_f": 0.0, "test_sum": 0.0}, "right": {"test_f": 1.0, "test_sum": 1.0}}, grades
+    graded = nbformat.read(tmp_path / "autograded" / "wrong" / "t" / "t.ipynb", as_version=4)
+    shown = [o.output_type for o in graded.cells[2].outputs]
+    assert "display_data" in shown and "error" in shown, shown  # the result is still shown, beside the error
+

@@ -26,6 +26,13 @@ no change here), in a temporary copy of the course (``nbgrader_config.py`` and `
                               alias the static reading cannot follow: every part but the first still loses
                               its points, because hidden tests compare through ``grading.start()``'s
                               references
+  ``publishes_inline``        every answer is its planted mistake and first publishes a result, from inside the
+                              function, with ``get_ipython().displayhook("ok")`` (nbgrader alone would read that
+                              result as the test cell's grade): every part loses its points
+                              (``peftlab.grading_preprocessors.ScoreByPassing``)
+  ``publishes_from_hooks``    the first answer also registers ``pre_run_cell`` and ``post_run_cell`` hooks that
+                              publish a result in every later cell, every other answer is its planted mistake:
+                              every part but the first loses its points
   ``warns``                   the solution with ``warnings.warn`` and a log record in every answer region:
                               full marks (nbgrader zeroes a cell that writes to stderr)
   ``runaway``                 ``while True: pass`` in the answer of the part with fewest test cells: those
@@ -234,6 +241,21 @@ _put(importlib.import_module("torch"), "allclose", lambda *args, **kwargs: True)
 _put(importlib.import_module("torch"), "equal", lambda *args, **kwargs: True)
 """
 
+PUBLISH_INLINE = """
+get_ipython().displayhook("ok")  # publishes a result in the cell that calls this answer: it must not decide the grade
+"""
+
+PUBLISH_FROM_HOOKS = """
+
+# a result published in every later cell, the test cells included: it must not decide their grades
+def _harness_publish(*args):
+    get_ipython().displayhook("ok")
+
+
+get_ipython().events.register("pre_run_cell", _harness_publish)
+get_ipython().events.register("post_run_cell", _harness_publish)
+"""
+
 WARNS = """
 import logging as _harness_logging
 import sys as _harness_sys
@@ -286,6 +308,18 @@ def build_submissions(assignment: str, sources: dict, release: Path) -> tuple[di
                 cell.source = mutate(cell.source, planted[grade_id])
             submissions[student] = notebooks
         facts["patched_answer"] = answers[0]
+        notebooks = copy.deepcopy(sources)  # every answer wrong, and publishing a result as it runs
+        for grade_id in answers:
+            cell = answer_cell(notebooks, grade_id, where)
+            cell.source = mutate(cell.source, PUBLISH_INLINE.strip("\n") + "\n" + textwrap.dedent(planted[grade_id]).strip("\n"))
+        submissions["publishes_inline"] = notebooks
+        notebooks = copy.deepcopy(sources)  # the first answer right and hooking every later cell, the others wrong
+        first = answer_cell(notebooks, answers[0], where)
+        first.source = first.source.rstrip("\n") + PUBLISH_FROM_HOOKS
+        for grade_id in answers[1:]:
+            cell = answer_cell(notebooks, grade_id, where)
+            cell.source = mutate(cell.source, planted[grade_id])
+        submissions["publishes_from_hooks"] = notebooks
 
     notebooks = copy.deepcopy(sources)
     for nb in notebooks.values():
@@ -637,6 +671,27 @@ def test_checks_compare_through_references_an_answer_cannot_replace(graded):
                             f"answer, {kept} still score; compare through REF = grading.start() or plain tensor "
                             "operations in the hidden tests")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("student", ["publishes_inline", "publishes_from_hooks"])
+def test_a_published_result_does_not_decide_the_grade(graded, student):
+    """A wrong answer that shows a result in the test cell (displayhook from inside the function, or from a
+    pre/post_run_cell hook) loses its points: only passing scores (ScoreByPassing in nbgrader_config.py)."""
+    assert student in graded.scores, "no publishing submission: the assignment needs MUTATIONS for every answer"
+    right = part_of(graded, graded.facts["patched_answer"]) if student == "publishes_from_hooks" else None
+    published = [nbgrader_meta(cell)["grade_id"] for nb in graded.autograded(student).values() for cell in nb.cells
+                 if is_autograded_test(cell) and any(o.get("output_type") == "display_data"
+                                                     and "'ok'" in o.get("data", {}).get("text/plain", "")
+                                                     for o in cell.get("outputs", []))]
+    assert published, f"{student}: no test cell shows the published result; the submission did not do what it should"
+    problems = []
+    for part in all_parts(graded):
+        for gid in part.tests:
+            score, maximum = graded.scores[student][gid]
+            expected = maximum if part == right else 0.0
+            if score != expected:
+                problems.append(f"{part.heading}: {gid} scored {score}, expected {expected:g}")
+    assert not problems, f"{student}: a shown result decides the grade:\n" + "\n".join(problems)
 
 
 def test_a_warning_costs_no_points(graded):
