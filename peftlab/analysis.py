@@ -250,7 +250,7 @@ MATCHED_LEVELS = (0.2, 0.4, 0.6)  # learning levels (test-split gain) at which f
 
 def markdown_table(choices: dict[str, Choice], matched: dict[float, dict[str, Matched]],
                    trainable_pct: dict[str, float] | None = None) -> str:
-    """The README's comparison table: chosen rate, test learning and forgetting at the budget, and
+    """The frontier write-up's comparison table (docs/frontier.md): chosen rate, test learning and forgetting at the budget, and
     forgetting at matched learning levels (mean ± 95% interval over seeds)."""
     levels = sorted(matched)
     head = ["method", "trainable %", "chosen lr", "learning (test)", "forgetting (recall)"]

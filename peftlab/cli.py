@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=None, help="comma-separated method names (default: all registered)")
     p.add_argument("--out", default="results", help="folder for compare.csv, compare.json and the plot")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--markdown", action="store_true", help="also print the table as markdown (the README's)")
+    p.add_argument("--markdown", action="store_true", help="also print the table as markdown (as in docs/real_model.md)")
     p.set_defaults(fn=_cmd_compare)
 
     p = sub.add_parser("sweep", help="learning-rate sweep: methods x rates x seeds, learning and forgetting "
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--records", default=None, help="JSON-lines sweep records (default: the committed reference sweep)")
     p.add_argument("--budget", type=int, default=None, help="checkpoint at which rates are chosen (default: "
                    "CompareConfig.steps)")
-    p.add_argument("--markdown", action="store_true", help="also print the README's table")
+    p.add_argument("--markdown", action="store_true", help="also print the table as markdown (as in docs/frontier.md)")
     p.add_argument("--out", default="results", help="folder for frontier.png and lr_sweep.png")
     p.set_defaults(fn=_cmd_frontier)
 

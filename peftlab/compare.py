@@ -35,18 +35,16 @@ class CompareConfig:
     schedule: str = "constant"  # after warm-up: a checkpoint after k steps equals a k-step run
 
     def train_config(self, method_name: str, lr: float | None = None, **overrides) -> TrainConfig:
-        """The training config of ``method_name`` at this budget: its chosen rate (or ``lr``) and its
-        registered train options (weight decay, replay)."""
-        method = get_method(method_name)
-        options = dict(steps=self.steps, batch_size=self.batch_size, seed=self.seed, schedule=self.schedule,
-                       lr=method.lr if lr is None else lr)
-        options.update(method.train_options)
-        options.update(overrides)
-        return TrainConfig(**options)
+        """The training config of ``method_name`` at this budget (``Method.train_config``: its chosen rate
+        or ``lr``, and its registered train options: weight decay, replay)."""
+        budget = {"steps": self.steps, "batch_size": self.batch_size, "seed": self.seed, "schedule": self.schedule}
+        return get_method(method_name).train_config(lr=lr, **{**budget, **overrides})  # an override wins
 
 
-def prepare_model(name: str, cfg: CompareConfig, total_steps: int | None = None, device=None, examples=None):
-    """A fresh base with method ``name`` applied, seeded by ``cfg.seed``; returns (model, tokenizer).
+def prepare_model(name: str, cfg: CompareConfig, total_steps: int | None = None, device=None, examples=None,
+                  options: dict | None = None):
+    """A fresh base with method ``name`` applied (its default config, or ``options`` overriding fields of it),
+    seeded by ``cfg.seed``; returns (model, tokenizer).
 
     The method learns what the run is through a ``RunContext``: the task and its training examples
     (the Fisher mask sums over them), the number of steps (AdaLoRA's rank schedule) and the seed. The
@@ -57,12 +55,14 @@ def prepare_model(name: str, cfg: CompareConfig, total_steps: int | None = None,
     model, tokenizer = load_base(cfg.model, device=device or get_device(verbose=False))
     context = RunContext(task=cfg.task, examples=examples, tokenizer=tokenizer, total_steps=total_steps or cfg.steps,
                          seed=cfg.seed, adapt_architecture=True)
-    return get_method(name).apply(model, context=context), tokenizer
+    return get_method(name).apply(model, context=context, **(options or {})), tokenizer
 
 
-def run_method(name: str, cfg: CompareConfig, examples, task, before: evaluate.Evaluation, progress=True) -> dict:
+def run_method(name: str, cfg: CompareConfig, examples, task, before: evaluate.Evaluation, progress=True,
+               options: dict | None = None) -> dict:
+    """One row of the comparison: method ``name`` (``options``: fields of its config) trained at ``cfg``'s budget."""
     method = get_method(name)
-    model, tokenizer = prepare_model(name, cfg)
+    model, tokenizer = prepare_model(name, cfg, options=options)
     params = trainable_count(model)
     # The memory probe: one real step on the loop's first batch, weights restored afterwards.
     memory = measure_training_memory(model, tokenizer, examples, batch_size=cfg.batch_size, seed=cfg.seed,

@@ -51,8 +51,13 @@ from torch import nn
 
 from .data import IGNORE_INDEX
 from .distributed_bytes import BYTE_ROWS, STRATEGIES, LocalBytes, estimate_per_rank, format_rank_table  # noqa: F401
+from .methods import RunContext, get_method
+from .methods.lora import lora_layers, save_lora
+from .models import load_base
 from .state import model_hooks, unwrap_model
-from .utils import unique_parameters
+from .train import train
+from .utils import count_parameters, set_seed, unique_parameters
+from .world import get_task
 
 #: strategy -> (ZeRO stage it is the analogue of, what each rank holds)
 
@@ -271,20 +276,17 @@ class RunConfig:
 
 def method_model(cfg: RunConfig):
     """``(model, tokenizer, train config, examples)`` of a run, before any wrapping: the single-process reference uses it too."""
-    from . import world as world_module
-    from .methods import RunContext, get_method
-    from .models import load_base
-    from .train import TrainConfig
-    from .utils import set_seed
-
     method = get_method(cfg.method)
     model, tokenizer = load_base("tiny", dtype=getattr(torch, cfg.dtype))
-    context = RunContext(task=cfg.task, tokenizer=tokenizer, total_steps=cfg.steps, seed=cfg.seed)
+    examples = get_task(cfg.task).train_examples(4 * cfg.batch_size * cfg.steps, seed=cfg.seed)
+    # the examples too, as compare passes them: the Fisher mask sums its scores over them
+    context = RunContext(task=cfg.task, examples=examples, tokenizer=tokenizer, total_steps=cfg.steps, seed=cfg.seed)
     set_seed(cfg.seed)  # the method's random initialization (LoRA's A) is the same on every rank
-    method.apply(model, context=context, **cfg.options)
-    train_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr or method.lr, seed=cfg.seed,
-                            warmup=min(10, cfg.steps), mixed_precision=True)
-    examples = world_module.get_task(cfg.task).train_examples(4 * cfg.batch_size * cfg.steps, seed=cfg.seed)
+    # the returned model: prefix and prompt tuning return a wrapper that holds their trainable parameters
+    model = method.apply(model, context=context, **cfg.options)
+    # the method's own train options (full_wd's weight decay, full_replay's replay) come with its config
+    train_cfg = method.train_config(lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed,
+                                    warmup=min(10, cfg.steps), mixed_precision=True)
     return model, tokenizer, train_cfg, examples
 
 
@@ -294,9 +296,6 @@ def run(cfg: RunConfig, world: Dist | None = None, break_sync: bool = False) -> 
     Returns (on every rank) ``measured`` and ``estimate`` (bytes by bucket for this rank), the loss
     curve, and ``state``: the whole trained weights (``full_state_dict``).
     """
-    from .train import train
-    from .utils import count_parameters
-
     world = world or setup()
     cuda = world.device.type == "cuda"
     if cuda:
@@ -329,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="weights' dtype")
     parser.add_argument("--options", default="{}", help="JSON of method config overrides, by method name")
     parser.add_argument("--out", default=None, help="folder for each run's weights and bytes (for tests)")
-    parser.add_argument("--save-lora", action="store_true", help="also save LoRA adapters from the sharded model to --out")
+    parser.add_argument("--save-lora", action="store_true",
+                        help="also save the LoRA adapters of methods with LoRA layers, from the sharded model, to --out")
     parser.add_argument("--break-sync", action="store_true", help="skip the gradient collective (to watch tests fail)")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -337,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     strategies = list(STRATEGIES) if args.strategy == "all" else [s.strip() for s in args.strategy.split(",")]
     options = json.loads(args.options)
     for method in [m.strip() for m in args.method.split(",")]:
+        if not get_method(method).trains:  # the untouched reference row: no gradient, nothing to synchronize
+            if world.rank == 0:
+                print(f"{method} trains no parameter ({get_method(method).description}): nothing to distribute\n",
+                      flush=True)
+            continue
         for strategy in strategies:
             cfg = RunConfig(method=method, strategy=strategy, steps=args.steps, batch_size=args.batch_size,
                             task=args.task, dtype=args.dtype, options=options.get(method, {}))
@@ -349,11 +354,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.out:
                 out = Path(args.out) / f"{method}-{strategy}"
                 out.mkdir(parents=True, exist_ok=True)
-                if args.save_lora and method == "lora":
-                    from .methods.lora import save_lora
-
+                if args.save_lora:
                     with unsharded(result["model"]) as inner:
-                        if world.rank == 0:
+                        if world.rank == 0 and lora_layers(inner):  # the methods with LoRA layers: lora, qlora
                             save_lora(inner, out / "adapter")
                 # every rank writes its own copy of the whole weights: the tests check that the ranks agree
                 torch.save(result["state"], out / f"state-rank{world.rank}.pt")

@@ -33,9 +33,10 @@ class LocalBytes(Hook):
     """Measures, at the first step, the bytes this rank holds, from its own tensors (local shards).
 
     - ``weights``: the parameters' local shards (whole parameters under DDP);
-    - ``gathered``: whole parameters held between forward and backward (what FSDP2 all-gathered and
-      did not free after forward: everything with ``reshard_after_forward=False``, the root's
-      embeddings, norm and head with ``True``);
+    - ``gathered``: whole parameters held between forward and backward: what FSDP2 all-gathered and
+      did not free after forward (everything with ``reshard_after_forward=False``; nothing with ``True``:
+      measured 0 bytes on torch 2.13, only the root's default ``None`` keeps its parameters whole), and
+      parameters that are never sharded (a hooked method's replicated trainable parameters);
     - ``gradients``: the local gradients at the optimizer step (after the all-reduce / reduce-scatter);
     - ``optimizer``: the optimizer's local state tensors after the step (``step`` counters left out,
       as the estimator leaves them out).

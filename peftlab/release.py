@@ -6,12 +6,13 @@ suite with its planted mistakes (``tests/nbgrader_mutations``), the grading guid
 get a second repository that this command writes from the first:
 
 - copied: the package (``peftlab/``), ``lectures/``, ``exercises/`` (the nbgrader release, committed
-  here), ``bench/``, the figures in ``docs/``, ``pyproject.toml``, ``requirements.txt``,
+  here), ``bench/``, ``docs/`` (figures, committed runs, pages), ``pyproject.toml``, ``requirements.txt``,
   ``constraints.txt``, ``scripts/setup.sh``, ``.gitignore``: the files of the working tree that git
   tracks or does not ignore;
 - generated: ``README.md`` for students (this README less its instructor-only blocks, the lines
   between ``<!-- instructor -->`` and ``<!-- /instructor -->``, and less table rows that name a
-  path the release does not hold) and ``RELEASE.json`` (the source commit and the file list);
+  path the release does not hold; the pages ``docs/*.md`` likewise) and ``RELEASE.json`` (the source
+  commit and the file list);
 - never: ``solutions/``, ``tests/``, ``.ci/``, ``nbgrader_config.py``, ``docs/grading_guide.md``.
 
 Before it finishes, the release is scanned (``find_leaks``): every line of a solution region or a
@@ -68,8 +69,8 @@ def public_files(root: Path = ROOT) -> list[str]:
     return sorted(name for name in listed if name and (root / name).is_file() and not _instructor_only(name))
 
 
-def student_readme(text: str, shipped: set[str]) -> str:
-    """The README for students: instructor-only blocks removed, and table rows naming a path not shipped."""
+def without_instructor_blocks(text: str, shipped: set[str], name: str = "README.md") -> str:
+    """``text`` (markdown) less its instructor-only blocks and the table rows naming a path not shipped."""
     kept, inside = [], False
     for line in text.splitlines():
         stripped = line.strip()
@@ -80,8 +81,13 @@ def student_readme(text: str, shipped: set[str]) -> str:
         elif not inside and not (stripped.startswith("|") and _names_instructor_path(stripped, shipped)):
             kept.append(line)
     if inside:
-        raise ValueError(f"README.md: {INSTRUCTOR_BEGIN} without a closing {INSTRUCTOR_END}")
-    readme = re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip() + "\n"
+        raise ValueError(f"{name}: {INSTRUCTOR_BEGIN} without a closing {INSTRUCTOR_END}")
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip() + "\n"
+
+
+def student_readme(text: str, shipped: set[str]) -> str:
+    """The README for students: instructor-only blocks removed, and table rows naming a path not shipped."""
+    readme = without_instructor_blocks(text, shipped)
     title, _, rest = readme.partition("\n")
     note = ("\n\n> This is the student release of the course, written by `python -m peftlab release`: the "
             "lectures, the assignments in `exercises/` and the package. Solutions and hidden tests stay with "
@@ -222,7 +228,10 @@ def release(dest: Path, root: Path = ROOT, log=print) -> list[str]:
     for name in files:
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(root / name, target)
+        if name.startswith("docs/") and name.endswith(".md"):  # the pages of docs/, as the README: for students
+            target.write_text(without_instructor_blocks((root / name).read_text(), set(files), name))
+        else:
+            shutil.copy2(root / name, target)
     readme = student_readme((root / "README.md").read_text(), set(files))
     (dest / "README.md").write_text(readme)
     written = sorted(files + ["README.md", MANIFEST])

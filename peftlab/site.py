@@ -10,7 +10,9 @@ render, latex2mathml turns the math into MathML that browsers draw without a scr
 - ``assignments/<a>.html``: the student release from ``exercises/``, not executed. Solutions and
   hidden tests never enter the site: the build refuses to finish if any line of them appears in a
   page, a download or the course zip (``find_leaks``);
-- ``guide.html``: the README's "Syllabus and instructor guide" section;
+- ``guide.html``, ``frontier.html``, ``real_model.html``, ``package.html``: the pages of ``docs/``
+  (``DOC_PAGES``: the syllabus and instructor guide, the frontier, real models, the package map), with
+  the figures they show;
 - ``downloads/``: the notebooks as committed, and ``peftlab-course.zip`` (the package, lectures and
   released assignments), which the notebooks' Colab set-up cell installs from (see ``peftlab.colab``).
 
@@ -42,7 +44,7 @@ from pathlib import Path
 
 from .site_leaks import ROOT, find_leaks, html_text, leaks_in_text, solution_lines  # noqa: F401  (used by tests, release)
 from .site_chromium import CHROMIUM_FLAGS, chromium_binary, screenshot  # noqa: F401
-from .site_render import _rewrite_links, page, render_cells, render_markdown, render_output  # noqa: F401
+from .site_render import DOC_PAGES, _rewrite_links, doc_page, page, render_cells, render_markdown, render_output  # noqa: F401
 
 SITE_DIR = ROOT / "_site"
 ASSETS = Path(__file__).resolve().parent / "site_assets"
@@ -51,7 +53,6 @@ CELL_TIMEOUT_S = 900
 COURSE_ZIP = "peftlab-course.zip"  # the name the Colab set-up cell looks for (peftlab.colab.DEFAULT_SOURCE)
 COURSE_ZIP_PATHS = ("pyproject.toml", "README.md", "requirements.txt", "nbgrader_config.py", "peftlab",
                     "lectures", "exercises")  # never solutions/ or tests/
-GUIDE_HEADING = "## Syllabus and instructor guide"
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"  # figures as image/png outputs, even where MPLBACKEND=Agg
 
 
@@ -275,19 +276,14 @@ def comparison_section(out: Path, mode: str) -> tuple[str, list[str]]:
 # ------------------------------------------------------------------------------------ guide, landing
 
 def guide_markdown(root: Path = ROOT) -> str:
-    """The README's "Syllabus and instructor guide" section (its heading down to the next ``## ``)."""
-    text = (root / "README.md").read_text()
-    start = text.find(GUIDE_HEADING)
-    if start < 0:
-        return ""
-    rest = text[start + len(GUIDE_HEADING):]
-    end = re.search(r"^## ", rest, re.M)
-    return "# Syllabus and instructor guide" + (rest[:end.start()] if end else rest)
+    """The syllabus and instructor guide, ``docs/guide.md``."""
+    path = root / "docs" / "guide.md"
+    return path.read_text() if path.is_file() else ""
 
 
 def _guide_subsection(markdown: str, heading: str) -> str:
-    match = re.search(rf"^### {re.escape(heading)}.*?$(.*?)(?=^### |\Z)", markdown, re.M | re.S)
-    return match.group(0) if match else ""
+    match = re.search(rf"^## {re.escape(heading)}.*?$(.*?)(?=^## |\Z)", markdown, re.M | re.S)
+    return match.group(0).replace("## ", "### ", 1) if match else ""
 
 
 def landing_page(notebooks: list[Notebook], mode: str, github: str | None, compare_html: str, guide: str,
@@ -309,6 +305,7 @@ def landing_page(notebooks: list[Notebook], mode: str, github: str | None, compa
         rows.append(f'<tr><td>{a.number}</td><td>-</td><td><a href="{a.href}">{html.escape(a.title)}</a> '
                     f"({a.points:g} points)</td></tr>")
     schedule = _guide_subsection(guide, "Schedule")
+    doc_links = "".join(f'<a href="{href}">{html.escape(title)}</a>\n' for _, href, title in DOC_PAGES[1:])
     body = f"""<h1>Full fine-tuning vs parameter-efficient fine-tuning</h1>
 <p>A course in Jupyter notebooks: every method is built from scratch, checked against a small readable
 PyTorch package (<code>peftlab</code>), and measured: how much the model learns, how much it forgets, and what it
@@ -316,7 +313,7 @@ costs in parameters, bytes and seconds. Everything runs offline on a laptop CPU,
 makes itself. These pages show every lecture executed, in {_mode_words(mode)}; the assignments are shown as
 students receive them.</p>
 <p class="actions"><a href="guide.html">Syllabus and instructor guide</a>
-<a href="downloads/{COURSE_ZIP}" download>Download the course zip</a></p>
+{doc_links}<a href="downloads/{COURSE_ZIP}" download>Download the course zip</a></p>
 <h2 id="syllabus">Syllabus</h2>
 <table><thead><tr><th>#</th><th>lecture</th><th>assignment (auto-graded)</th></tr></thead>
 <tbody>{"".join(rows)}</tbody></table>
@@ -393,7 +390,9 @@ def build_site(out_dir: Path = SITE_DIR, mode: str | None = None, force: bool = 
     for item in notebooks:
         link_map[item.path.relative_to(ROOT).as_posix()] = item.href
         link_map.setdefault(item.path.name, item.href)
-    link_map["README.md"] = "guide.html"
+    link_map["README.md"] = "index.html"
+    for name, href, _ in DOC_PAGES:
+        link_map[f"docs/{name}"] = link_map[name] = href
     executed = {}
     for item in notebooks:
         if item.kind == "lecture":
@@ -415,10 +414,9 @@ def build_site(out_dir: Path = SITE_DIR, mode: str | None = None, force: bool = 
             download.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(item.path, download)
 
+    for name, href, title in DOC_PAGES:
+        (out_dir / href).write_text(doc_page(ROOT / "docs" / name, href, title, mode, link_map, out_dir))
     guide = guide_markdown()
-    guide_body = _rewrite_links(render_markdown(guide or "# Syllabus and instructor guide\n\n(see the README)"),
-                                "guide.html", link_map)
-    (out_dir / "guide.html").write_text(page("Syllabus and instructor guide", guide_body, "guide.html", mode, "guide"))
     compare_html, figures = comparison_section(compare_out, mode)
     (out_dir / "compare").mkdir(exist_ok=True)
     for name in figures:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import re
+import shutil
 
 from .site_leaks import _text, html_text
 
@@ -164,7 +165,7 @@ def page(title: str, body: str, href: str, mode: str, kind: str, extra_head: str
 <body>
 <header class="site"><a class="home" href="{up}index.html">peftlab: full fine-tuning vs parameter-efficient fine-tuning</a>
 <nav><a href="{up}index.html#syllabus">Syllabus</a><a href="{up}guide.html">Instructor guide</a>
-<a href="{up}index.html#comparison">Comparison</a></nav></header>
+<a href="{up}index.html#comparison">Comparison</a><a href="{up}frontier.html">Frontier</a></nav></header>
 <main>
 {body}
 </main>
@@ -172,3 +173,29 @@ def page(title: str, body: str, href: str, mode: str, kind: str, extra_head: str
 </body>
 </html>
 """
+
+
+# The pages of docs/ the site builds: (file in docs/, page, title). guide.md first: the landing page shows its
+# schedule. docs/grading_guide.md is for instructors only and is never published.
+DOC_PAGES = (("guide.md", "guide.html", "Syllabus and instructor guide"),
+             ("frontier.md", "frontier.html", "The learning-forgetting frontier"),
+             ("real_model.md", "real_model.html", "Real models"),
+             ("package.md", "package.html", "The package, module by module"))
+
+
+def doc_page(path, href: str, title: str, mode: str, link_map: dict[str, str], out_dir) -> str:
+    """A page of ``docs/`` as a site page: links to notebooks and other pages rewritten, the images it shows
+    copied to the site's ``docs/`` folder, links to other files of the repository left as text."""
+    body = _rewrite_links(render_markdown(path.read_text()), href, link_map)
+    up = "../" * href.count("/")
+
+    def image(match):
+        source = path.parent / match.group(2)
+        if re.match(r"^(https?:|data:)", match.group(2)) or not source.is_file():
+            return match.group(0)
+        (out_dir / "docs").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, out_dir / "docs" / source.name)
+        return f'{match.group(1)}="{up}docs/{source.name}"'
+
+    body = re.sub(r'(<img[^>]*?\ssrc)="([^"]+)"', image, body)
+    return page(title, body, href, mode, "doc")

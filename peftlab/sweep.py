@@ -32,26 +32,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .utils import lookup
+from .methods import get_method
 
 REFERENCE_PATH = Path(__file__).parent / "sweeps" / "reference.jsonl"  # the committed reference sweep
 
-# The rates each method's grid is centred on: the hand-set rates the course used before any sweep
-# (kept here, fixed, so the reference sweep can be re-run exactly; the registry's rates are now chosen).
-GRID_CENTRES = {
-    "full": 1e-3, "full_wd": 1e-3, "full_dropout": 1e-3, "full_replay": 1e-3, "lora": 3e-3, "qlora": 3e-3,
-    "houlsby": 1e-2, "pfeiffer": 3e-2, "prompt": 3e-1, "prefix": 3e-3, "bitfit": 1e-2, "fisher": 1e-2,
-    "random_mask": 1e-2, "adalora": 1e-2, "fusion": 3e-3,
-}
-GRID_FACTORS = (0.1, 10 ** -0.5, 1.0, 10 ** 0.5, 10.0)  # five rates, log-spaced over two decades
-
-
 def lr_grid(method: str, n: int = 5, decades: float = 2.0) -> list[float]:
-    """``n`` log-spaced rates over ``decades`` decades centred on the method's grid centre."""
-    lookup(GRID_CENTRES, method, "method with a grid centre")
+    """``n`` log-spaced rates over ``decades`` decades centred on the method's grid centre.
+
+    The centre is the registered ``Method.grid_centre``: for the course's methods the hand-set rate used
+    before any sweep, kept fixed so the reference sweep can be re-run exactly (the registered ``lr`` is
+    the sweep's choice and moves when it is re-run); a new method's grid is centred on its ``lr``."""
+    centre = get_method(method).sweep_centre
     if n < 1:
         raise ValueError(f"a grid needs at least one rate, not {n}")
-    centre = GRID_CENTRES[method]
     if n == 1:
         return [centre]
     return [float(f"{centre * 10 ** (decades * (i / (n - 1) - 0.5)):.4g}") for i in range(n)]
@@ -171,6 +164,11 @@ def base_record(cfg: SweepConfig, meta: dict) -> dict:
     return {"method": "base", "task": cfg.task, "design": cfg.design(), "step": 0, **metrics, "meta": meta}
 
 
+def is_base_record(record: dict, design: dict) -> bool:
+    """Is ``record`` this design's metrics of the untouched base? (A run's records carry a ``run_key``.)"""
+    return "run_key" not in record and record.get("design") == design
+
+
 def run_one(run: dict, cfg: SweepConfig, base: dict, meta: dict) -> list[dict]:
     """Train one (method, lr, seed) run; return one record per checkpoint."""
     import torch
@@ -226,8 +224,6 @@ def sweep(cfg: SweepConfig, out: Path | str, command: str = "", progress: bool =
     """Run every run of ``cfg`` not yet in ``out`` (JSON lines); return all records of this design."""
     from tqdm.auto import tqdm
 
-    from .methods import get_method
-
     for name in cfg.methods:
         if not get_method(name).trains:
             raise ValueError(f"method {name!r} does not train; a sweep needs methods that do")
@@ -239,7 +235,7 @@ def sweep(cfg: SweepConfig, out: Path | str, command: str = "", progress: bool =
     meta = metadata(command or "python -m peftlab sweep")
     records = read_records(out)
     design = cfg.design()
-    base = next((r for r in records if r["method"] == "base" and r.get("design") == design), None)
+    base = next((r for r in records if is_base_record(r, design)), None)
     if base is None:
         base = base_record(cfg, meta)
         _append(out, [base])
@@ -269,7 +265,7 @@ def sweep(cfg: SweepConfig, out: Path | str, command: str = "", progress: bool =
                 bar.update()
         bar.close()
     keys = {run_key(r, design) for r in cfg.runs()}
-    return [r for r in records if r.get("run_key") in keys or (r["method"] == "base" and r.get("design") == design)]
+    return [r for r in records if r.get("run_key") in keys or is_base_record(r, design)]
 
 
 def _append(path: Path, records: list[dict]) -> None:
@@ -301,5 +297,5 @@ def command_line(cfg: SweepConfig, out: Path | str) -> str:
     return " ".join(parts)
 
 
-__all__ = ["SweepConfig", "REFERENCE", "REFERENCE_PATH", "GRID_CENTRES", "lr_grid", "sweep", "read_records",
+__all__ = ["SweepConfig", "REFERENCE", "REFERENCE_PATH", "lr_grid", "sweep", "read_records",
            "run_one", "base_record", "command_line"]

@@ -36,7 +36,12 @@ from .world import Example
 
 
 class Hook:
-    """Base class for training hooks; override what you need."""
+    """Base class for training hooks; override what you need.
+
+    The loop calls the three training points; ``peftlab.methods`` calls the other two on a hook a method
+    attached: ``trained_count`` (how many entries the optimizer really updates, where the hook restricts
+    that: a sparse mask) and ``remove`` (undo what the hook changed on the model, for ``remove_method``).
+    """
 
     def extra_loss(self, model, step: int) -> torch.Tensor | None:
         return None
@@ -47,9 +52,18 @@ class Hook:
     def after_step(self, model, step: int, optimizer) -> None:
         pass
 
+    def trained_count(self) -> int | None:
+        """Entries that train, if this hook restricts the update; None: ``requires_grad`` says."""
+        return None
+
+    def remove(self, model) -> None:
+        """Undo what the hook attached to ``model`` (gradient hooks); nothing by default."""
+
 
 def attach_hook(model, hook: Hook) -> None:
     """Make ``hook`` part of ``model``'s state so every training loop that sees the model calls it."""
+    if not isinstance(hook, Hook):  # remove_method and trainable_count call Hook's whole interface
+        raise TypeError(f"a training hook must subclass peftlab.train.Hook, not {type(hook).__name__}")
     peft_state(model, create=True).hooks.append(hook)
 
 

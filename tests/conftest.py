@@ -1,10 +1,19 @@
-"""Shared set-up: quick runs, a private cache, one torch thread per xdist worker; the tiny base as fixtures.
+"""Shared set-up: quick runs, a private cache, one torch thread per xdist worker; the test tiers and the order
+the two workers run them in; the tiny base as fixtures.
 
-The suite runs in two pytest-xdist workers (``-n 2`` in pyproject.toml), scheduled by ``xdist_group``
-below. Each test file is one group, so its module fixtures are built once, on one worker; the two slow
-files are split finer (``SPLIT_BY``): the nbgrader pipeline by assignment (each assignment is graded once,
-on one worker, and its checks run there) and the lectures one per group. The slow tests are queued
-first, so the fast files fill the end of the run on whichever worker is free.
+Tiers: a test marked ``nbgrader``, ``notebook`` or ``slow``, or listed in ``HEAVY``, is slow; every other test is
+marked ``fast`` here, so ``python -m pytest -m fast`` runs the package and contract tests (CONTRIBUTING.md,
+"The test tiers").
+
+Order: the suite runs in two pytest-xdist workers with ``--dist worksteal`` (pyproject.toml), which hands
+each worker one contiguous share of the collected tests and lets an idle worker steal the tail of the
+other's. So the tests are ordered as one lane per worker (``lanes``): the slow groups (``xdist_group``:
+one nbgrader assignment, whose tests share one grading run; one lecture; or a file with slow tests) spread over the
+lanes by their estimated cost and at the head of each lane, then the fast files, each kept contiguous,
+filling every lane to its share. Steals take fast tests from a lane's tail, so a slow group stays on one
+worker and each assignment is graded once, unless the estimates below are off by more than a lane's fast
+tests take. (xdist's ``--dist loadgroup`` would group nothing under pytest 9:
+it marks a group by rewriting ``item._nodeid``, which pytest 9 no longer reads.)
 """
 import os
 import tempfile
@@ -25,34 +34,93 @@ torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
 
 
 SPLIT_BY = {"tests/test_nbgrader.py": "test_", "tests/test_notebooks.py": "test_lecture_runs["}  # file -> tests split
-SLOW_MARKS = ("nbgrader", "notebook")
+SLOW_MARKS = ("nbgrader", "notebook", "slow")
+# Tests that take minutes of CPU though no marker says so (measured 2026-12-07): outside the fast tier, and
+# scheduled as slow. nodeid prefix -> why.
+HEAVY = {
+    "tests/test_smollm2.py": "loads the real 135M model (SmolLM2)",
+    "tests/test_cli.py::test_compare_writes_table_json_and_plot": "runs compare on every registered method",
+    "tests/test_colab_cells.py::test_setup_cell_installs": "pip-installs peftlab into a fresh environment",
+    "tests/test_method_contract.py::test_compare_runs_the_method_from_its_record": "compare's run of every method",
+    "tests/test_method_contract.py::test_distributed_trains_the_method_as_one_process_does":
+        "2 gloo ranks under DDP and FSDP2 for every method",
+    "tests/test_method_contract.py::test_a_new_method_is_one_module_and_one_register": "a toy method through "
+        "every consumer, distributed included",
+}
+# Rough seconds per slow test on the 2-core CPU, to spread the slow groups over the lanes: by its slowest
+# marker (an assignment's grading run, 2.5-6 minutes, shared by its ~17 tests; a lecture executed; a step of
+# the 135M model), where a file or test below is not better estimated by its nodeid.
+SECONDS_BY_MARK = {"nbgrader": 16.0, "notebook": 25.0, "slow": 30.0}
+SECONDS_BY_PREFIX = {
+    "tests/test_site.py": 90.0,  # its few tests share one build of the site, which executes every lecture
+    "tests/test_smollm2.py": 15.0,
+    "tests/test_cli.py::test_compare_writes_table_json_and_plot": 240.0,
+    "tests/test_colab_cells.py::test_setup_cell_installs": 40.0,
+    "tests/test_method_contract.py::test_compare_runs_the_method_from_its_record": 12.0,  # per method
+    "tests/test_method_contract.py::test_distributed_trains_the_method_as_one_process_does": 8.0,  # per method
+    "tests/test_method_contract.py::test_a_new_method_is_one_module_and_one_register": 30.0,
+}
 
 
 def xdist_group(nodeid: str) -> str:
-    """The group a test runs in: its file, or for a test of ``SPLIT_BY`` its file and its parameter, e.g.
-    ``tests/test_nbgrader.py[a05]`` (every test of assignment a05, which grades it once) or one lecture."""
+    """The group a test runs in: its file, or for a test of ``SPLIT_BY`` its file and its first parameter, e.g.
+    ``tests/test_nbgrader.py[a05]`` (every test of assignment a05, ``[a05-blank]`` included: they share one
+    grading run) or one lecture."""
     path, _, name = nodeid.partition("::")
     if name.startswith(SPLIT_BY.get(path, "\0")) and name.endswith("]") and "[" in name:
-        return f"{path}[{name[name.index('[') + 1:-1]}]"
+        return f"{path}[{name[name.index('[') + 1:-1].split('-')[0]}]"
     return path
 
 
-@pytest.hookimpl(tryfirst=True)
+def _is_slow(item) -> bool:
+    return any(item.get_closest_marker(mark) for mark in SLOW_MARKS) or item.nodeid.startswith(tuple(HEAVY))
+
+
+def _estimated_seconds(group: list) -> float:
+    def seconds(item) -> float:
+        prefix = next((p for p in SECONDS_BY_PREFIX if item.nodeid.startswith(p)), None)
+        if prefix:
+            return SECONDS_BY_PREFIX[prefix]
+        return max([SECONDS_BY_MARK[m] for m in SLOW_MARKS if item.get_closest_marker(m)] + [1.0])
+
+    return sum(seconds(item) for item in group)
+
+
+def lanes(items: list, workers: int) -> list[list]:
+    """``items`` cut into one lane per worker, of the sizes ``--dist worksteal`` hands out first: each lane's
+    slow groups (largest estimate first, each to the least loaded lane) at its head, fast files after."""
+    groups: dict[str, list] = {}
+    for item in items:
+        groups.setdefault(xdist_group(item.nodeid), []).append(item)
+    slow = sorted((g for g in groups.values() if any(_is_slow(i) for i in g)), key=_estimated_seconds, reverse=True)
+    fast = [item for g in groups.values() if not any(_is_slow(i) for i in g) for item in g]
+    heads, load = [[] for _ in range(workers)], [0.0] * workers
+    for group in slow:
+        lane = load.index(min(load))
+        heads[lane] += group
+        load[lane] += _estimated_seconds(group)
+    shares, left = [], len(items)  # worksteal gives worker i len(pending) // (workers - i) tests
+    for i in range(workers):
+        shares.append(left // (workers - i))
+        left -= shares[-1]
+    result = []
+    for lane, share in zip(heads, shares):
+        take = max(0, share - len(lane))
+        result.append(lane + fast[:take])
+        fast = fast[take:]
+    result[-1] += fast
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
-    """Slow tests first (stable otherwise), so the slow groups start at once and fast files fill the end."""
-    items.sort(key=lambda item: not any(item.get_closest_marker(mark) for mark in SLOW_MARKS))
-
-
-def pytest_xdist_make_scheduler(config, log):
-    """Schedule by ``xdist_group``: a group's tests run on one worker, in order (pytest-xdist's own
-    ``--dist loadgroup`` relies on a pytest internal that pytest 9 renamed, so it would group nothing)."""
-    from xdist.scheduler import LoadScopeScheduling
-
-    class ByGroup(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return xdist_group(nodeid)
-
-    return ByGroup(config, log)
+    """Mark the fast tier before ``-m`` selects; after it, order what is left into the workers' lanes."""
+    for item in items:
+        if not _is_slow(item):
+            item.add_marker(pytest.mark.fast)
+    result = yield
+    items[:] = [item for lane in lanes(items, WORKERS) for item in lane]
+    return result
 
 
 @pytest.fixture(scope="session")

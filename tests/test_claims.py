@@ -3,7 +3,7 @@
 - every row has a claim, a source, an experiment (a callable and a command) and a verdict rule;
 - every verdict is computed by its rule from the measured result, and a changed result turns it;
 - ``python -m peftlab claims`` prints every row with a measured result and a verdict;
-- no lecture, exercise, solution or README mentions a "seed text" or a "course text": a source the
+- no lecture, exercise, solution, README or docs page mentions a "seed text" or a "course text": a source the
   student cannot read.
 
 Run: ``.venv/bin/python -m pytest tests/test_claims.py -q -p no:xdist``. CPU only; the fast rows
@@ -141,7 +141,9 @@ def test_cli_unknown_claim_is_a_clear_error():
     assert main(["claims", "--only", "gpt5"]) == 2
 
 
-SOURCES = ["README.md", *sorted(str(p.relative_to(ROOT)) for folder in ("lectures", "exercises", "solutions")
+DOC_PAGES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))
+SOURCES = ["README.md", "CONTRIBUTING.md", *DOC_PAGES,
+           *sorted(str(p.relative_to(ROOT)) for folder in ("lectures", "exercises", "solutions")
                                 for p in (ROOT / folder).rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)]
 UNSEEN_SOURCE = re.compile(r"seed_claims|seed[\s_-]+text|course[\s_-]+text|text this course was written from", re.IGNORECASE)
 

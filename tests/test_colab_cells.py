@@ -6,7 +6,7 @@
   ``peftlab[course]``) provides, through pyproject.toml's dependency lists, every third-party module the
   notebook imports (or reaches through peftlab, as ``memory.adamw_8bit`` reaches bitsandbytes), and
   installs the ``course`` extra only where the notebook needs it; a release's cell equals its source's.
-- ``test_readme_shows_the_setup_cell``: the README's Colab section shows the same cell, character for character.
+- ``test_guide_shows_the_setup_cell``: the guide's Colab section (docs/guide.md) shows the same cell, character for character.
 - ``test_setup_cell_installs``: each distinct set-up cell runs, as on Colab (a stand-in ``google.colab``
   module), in a fresh virtual environment, offline (``PIP_NO_INDEX``): its pip command installs
   ``peftlab`` from the course zip the site offers (``peftlab.site.make_course_zip``, built from this
@@ -129,12 +129,12 @@ def test_fit_check_can_fail():
     assert any("differs" in p for p in setup_cell_problems(notebook(plain, "import torch"), expected_source=course))
 
 
-def test_readme_shows_the_setup_cell():
-    readme = (ROOT / "README.md").read_text()
+def test_guide_shows_the_setup_cell():
+    guide = (ROOT / "docs" / "guide.md").read_text()
     cell = colab.setup_cell("course")
-    assert f"```python\n{cell}\n```" in readme, (
-        "README.md's Colab section must show the set-up cell exactly as the notebooks have it:\n" + cell)
-    assert "peftlab[course]" in readme and COURSE_ZIP in readme
+    assert f"```python\n{cell}\n```" in guide, (
+        "docs/guide.md's Colab section must show the set-up cell exactly as the notebooks have it:\n" + cell)
+    assert "peftlab[course]" in guide and COURSE_ZIP in guide
 
 
 # ------------------------------------------------------------------------------ installing it for real

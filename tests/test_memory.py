@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from peftlab import apply_method, memory
 from peftlab.memory import GB, bytes_per_param, estimate, estimate_memory
+from peftlab.methods import get_method
 
 # ----------------------------------------------------------------------------- bytes per parameter
 
@@ -281,7 +282,7 @@ def test_checkpointing_and_methods_order():
     assert estimate("llama-2-7b", "lora", batch=4, seq=2048, checkpointing=True).activations < lora.activations / 3
     assert estimate("llama-2-7b", "qlora").weights < estimate("llama-2-7b", "lora").weights / 3
     prompt = estimate("llama-2-7b", "prompt")
-    assert prompt.trainable == memory.PROMPT_TOKENS * 4096
+    assert prompt.trainable == get_method("prompt").sizing.setting["tokens"] * 4096
 
 
 def test_will_it_fit_table_and_plot():
@@ -314,13 +315,17 @@ def test_widget_calculator_runs_headless(capsys):
     assert len(fig.axes[0].patches) == 2 * len(memory.BUCKETS)
 
 
-def test_estimator_presets_name_registered_methods():
-    """The estimator's method presets are named presets of registered methods (their settings are the
-    7B-scale ones, documented in memory.estimate.MethodPreset, not the tiny base's registered defaults)."""
+def test_the_estimator_sizes_the_methods_that_declare_how():
+    """The estimator reads each method's ``Sizing`` from its record (its setting is the 7B-scale one,
+    not the tiny base's registered default); an unknown name lists the registered methods, a method
+    without a sizing rule is an error naming the ones the estimator sizes. That the count equals the
+    applied model's is checked for every sized method in tests/test_method_contract.py."""
     from peftlab.methods import METHODS
 
-    for name, preset in memory.METHOD_PRESETS.items():
-        assert preset.method in METHODS, name
-        assert (preset.rank > 0) == (name in ("lora", "qlora")) and (preset.tokens > 0) == (name == "prompt")
-    with pytest.raises(KeyError, match="known: full, lora"):
+    assert set(memory.sized_methods()) == {name for name, m in METHODS.items() if m.sizing is not None}
+    assert {"full", "lora", "qlora", "bitfit", "prompt"} <= set(memory.sized_methods())
+    assert memory.method_counts("llama-2-7b", "lora").lora_rank == 16
+    with pytest.raises(KeyError, match="lora"):
         memory.estimate("tiny", "adapters")
+    with pytest.raises(ValueError, match="sizes: full"):
+        memory.estimate("tiny", "houlsby")

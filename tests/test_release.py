@@ -1,6 +1,7 @@
 """The student release, ``python -m peftlab release DIR``: it holds the course students need, no
 instructor file, and no line of a solution or a hidden test; the search that proves it catches one
-planted line; the README's instructor section describes the two-repository workflow.
+planted line; the instructor-only parts of the README and of the pages in ``docs/`` stay behind; the
+guide's instructor section (``docs/guide.md``) describes the two-repository workflow.
 
 Run: ``.venv/bin/python -m pytest tests/test_release.py -n 0``. CPU only, about half a minute (the
 release is written twice: once for every check, once to show a re-release keeps the folder's .git).
@@ -106,23 +107,33 @@ def test_release_stops_when_a_line_would_leak(tmp_path, monkeypatch, capsys):
     assert "README.md" in err and readme_line in err and "nothing may be published" in err
 
 
+DOC_PAGES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md") if p.name != "grading_guide.md")
+
+
 def test_student_readme(released):
     readme = (released / "README.md").read_text()
     instructor = (ROOT / "README.md").read_text()
     assert readme.splitlines()[0] == instructor.splitlines()[0]
     assert "student release" in readme
-    assert rel.INSTRUCTOR_BEGIN not in readme and rel.INSTRUCTOR_END not in readme
-    for text in ("## For instructors", "### Two repositories", "nbgrader_mutations", "grading_guide", "-m pytest"):
-        assert text in instructor and text not in readme, text
-    # every relative link of the student README leads to a file of the release
+    # the README and the pages of docs/ as the instructor has them, and as students get them
+    instructor_all = instructor + "".join((ROOT / page).read_text() for page in DOC_PAGES)
+    student_all = readme + "".join((released / page).read_text() for page in DOC_PAGES)
+    assert rel.INSTRUCTOR_BEGIN not in student_all and rel.INSTRUCTOR_END not in student_all
+    for text in ("## For instructors", "### Two repositories", "nbgrader_mutations", "grading_guide", "-m pytest",
+                 "CONTRIBUTING.md"):
+        assert text in instructor_all and text not in student_all, text
+    # every relative link of the student README and pages leads to a file of the release
     links = [target for target in re.findall(r"\]\(([^)#\s]+)", readme) if "://" not in target]
+    links += [str(Path(page).parent / target) for page in DOC_PAGES
+              for target in re.findall(r"\]\(([^)#\s]+)", (released / page).read_text()) if "://" not in target]
     assert links and not [t for t in links if not (released / t).exists()], [t for t in links if not (released / t).exists()]
-    assert instructor.count(rel.INSTRUCTOR_BEGIN) == instructor.count(rel.INSTRUCTOR_END)
+    for text in (instructor, *((ROOT / page).read_text() for page in DOC_PAGES)):
+        assert text.count(rel.INSTRUCTOR_BEGIN) == text.count(rel.INSTRUCTOR_END)
 
 
-def test_instructor_readme_describes_the_two_repositories():
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Two repositories"):]
+def test_instructor_guide_describes_the_two_repositories():
+    guide = (ROOT / "docs" / "guide.md").read_text()
+    section = guide[guide.index("### Two repositories"):]
     assert "python -m peftlab release" in section and "solutions/" in section and "git" in section
 
 

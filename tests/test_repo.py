@@ -1,5 +1,6 @@
-"""Repository hygiene: the README's commands exist, nothing names this machine, the layout is complete.
-CPU only, instant."""
+"""Repository hygiene: the README's commands exist and it stays short, nothing names this machine, the
+layout is complete, the package map in docs/package.md names every module, docs/guide.md's points are the
+notebooks'. CPU only, instant (ruff a few seconds)."""
 import re
 import subprocess
 from pathlib import Path
@@ -31,6 +32,19 @@ def test_readme_gives_the_two_commands():
     assert "bash scripts/setup.sh && .venv/bin/python -m pytest" in readme
     ci = (ROOT / ".ci" / "run").read_text()
     assert "scripts/setup.sh" in ci and "-m pytest" in ci
+
+
+MAX_README_LINES = 250  # what the course is, the two commands, the course map, where to read on
+
+
+def test_readme_is_short_and_points_on():
+    """The README stays a front page; the rest lives once in docs/ and CONTRIBUTING.md, each linked from it."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= MAX_README_LINES, f"README.md has {len(readme.splitlines())} lines"
+    for page in ("docs/guide.md", "docs/frontier.md", "docs/real_model.md", "docs/package.md", "CONTRIBUTING.md"):
+        assert (ROOT / page).is_file() and f"]({page}" in readme, f"README.md does not link {page}"
+    contributing = (ROOT / "CONTRIBUTING.md").read_text()
+    assert "python -m pytest -m fast" in contributing and "register" in contributing
 
 
 def test_layout():
@@ -81,25 +95,25 @@ def test_compare_and_the_loop_know_no_method():
 
 
 def test_the_package_map_names_every_module():
-    """README's "The package, module by module" and peftlab/__init__.py's docstring name every module."""
+    """docs/package.md, the package's one map, names every module; peftlab/__init__.py points to it, not a copy."""
     modules = {str(p.relative_to(ROOT / "peftlab")) for p in (ROOT / "peftlab").rglob("*.py")
                if "__pycache__" not in p.parts and p.name != "__main__.py"}
     modules -= {"__init__.py", "kernels/__init__.py", "memory/__init__.py", "memory_widget.py"}
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## The package, module by module"):]
+    text = (ROOT / "docs" / "package.md").read_text()
+    missing = sorted(m for m in modules if f"`{m}`" not in text)
+    assert not missing, f"docs/package.md does not name {missing}"
     docstring = (ROOT / "peftlab" / "__init__.py").read_text().split('"""')[1]
-    for where, text in (("README", section), ("peftlab/__init__.py", docstring)):
-        missing = sorted(m for m in modules if f"`{m}`" not in text)
-        assert not missing, f"{where} does not name {missing}"
+    assert "docs/package.md" in docstring and not [m for m in modules if f"``{m}``" in docstring], (
+        "peftlab/__init__.py's docstring keeps a second module map: point to docs/package.md instead")
 
 
-def test_readme_assignment_points_are_the_notebooks():
-    """The README's table of assignments gives each notebook's total and hand-graded points as the
+def test_guide_assignment_points_are_the_notebooks():
+    """docs/guide.md's table of assignments gives each notebook's total and hand-graded points as the
     notebook itself has them (its title, and its nbgrader cells graded by hand)."""
     import json
 
-    readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("### Assignments: student time and weights"):]
+    guide = (ROOT / "docs" / "guide.md").read_text()
+    table = guide[guide.index("## Assignments: student time and weights"):]
     listed = {m.group(1): (int(m.group(2)), int(m.group(3)), int(m.group(4)))
               for m in re.finditer(r"^\| (a\d\d) [^|]+\| (\d+) \((\d+) \+ (\d+)\) \|", table, re.M)}
     notebooks = sorted((ROOT / "solutions").glob("a*/a*.ipynb"))
@@ -110,3 +124,17 @@ def test_readme_assignment_points_are_the_notebooks():
         hand = sum(c["metadata"]["nbgrader"]["points"] for c in cells
                    if c["metadata"].get("nbgrader", {}).get("grade") and c["metadata"]["nbgrader"].get("solution"))
         assert listed[path.stem] == (total, total - hand, hand), (path.stem, listed[path.stem], total, hand)
+
+
+def test_readme_course_map_points_are_the_notebooks():
+    """The README's course map gives each assignment the total points its notebook's title gives."""
+    import json
+
+    readme = (ROOT / "README.md").read_text()
+    listed = {m.group(1): int(m.group(2)) for m in re.finditer(
+        r"\[(a\d\d)\]\(exercises/a\d\d/a\d\d\.ipynb\):[^|]*\((\d+) points\) \|", readme)}
+    notebooks = sorted((ROOT / "solutions").glob("a*/a*.ipynb"))
+    assert set(listed) == {nb.stem for nb in notebooks}
+    for path in notebooks:
+        title = "".join(json.loads(path.read_text())["cells"][0]["source"])
+        assert listed[path.stem] == int(re.search(r"\((\d+) points\b", title).group(1)), path.stem

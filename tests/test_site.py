@@ -3,10 +3,11 @@
 - ``site`` (module fixture): ``peftlab.site.build_site`` in quick mode into a temporary folder, its
   execution cache in ``_site/.cache`` (the command's own), so a second run re-executes only the
   lectures that changed; a first run executes every lecture (several minutes on a 2-core CPU).
-- files: every lecture and released assignment has a page that records the quick mode; no page is made
-  from ``solutions/``; every relative link and image of every page resolves, anchors included; no
-  solution or hidden-test line appears in any page, download or the course zip, and a copy of the site
-  with one solution line planted in a lecture page (and one in a downloaded notebook) is caught.
+- files: every lecture and released assignment has a page that records the quick mode, and so has each page
+  of ``docs/`` the site builds (``DOC_PAGES``); no page is made from ``solutions/``; every relative link and
+  image of every page resolves, anchors included; no solution or hidden-test line appears in any page,
+  download or the course zip, and a copy of the site with one solution line planted in a lecture page (and
+  one in a downloaded notebook) is caught.
 - browser: Chromium (Debian's ``chromium`` + ``chromium-driver``, driven by selenium) loads every page;
   each lecture shows every figure its executed notebook holds (``<img>`` complete, naturalWidth > 0),
   the landing page shows the comparison figure, every link in the rendered page resolves, the page's
@@ -78,7 +79,7 @@ def test_every_notebook_has_a_page_in_quick_mode(site):
     for path in exercises:
         assert (out / "downloads" / "exercises" / path.parent.name / path.name).read_bytes() == path.read_bytes()
     pages = {p.relative_to(out).as_posix() for p in _pages(out)}
-    assert {"index.html", "guide.html"} <= pages
+    assert {"index.html", "guide.html"} | {href for _, href, _ in course_site.DOC_PAGES} <= pages  # docs/ pages
     assert len([p for p in pages if p.startswith("assignments/")]) == len(exercises)
     assert not [p for p in out.rglob("*") if "solutions" in p.relative_to(out).parts]
     assert json.loads((out / "build.json").read_text())["mode"] == "quick"

@@ -10,13 +10,13 @@ from peftlab.compare import CompareConfig
 from peftlab.data import batches
 from peftlab.methods import METHODS, get_method, remove_method
 from peftlab.state import peft_state
-from peftlab.sweep import GRID_CENTRES, REFERENCE, REFERENCE_PATH, lr_grid, read_records
+from peftlab.sweep import REFERENCE, REFERENCE_PATH, lr_grid, read_records
 
 
 def test_lr_grid_spans_two_decades_around_the_centre():
     grid = lr_grid("lora")
     assert len(grid) == 5 and grid == sorted(grid)
-    assert grid[2] == GRID_CENTRES["lora"]
+    assert grid[2] == get_method("lora").grid_centre
     assert grid[-1] / grid[0] == pytest.approx(100, rel=1e-3)
     assert all(b / a == pytest.approx(10 ** 0.5, rel=1e-3) for a, b in zip(grid, grid[1:]))
     assert lr_grid("full", n=3) == [1e-4, 1e-3, 1e-2]
@@ -92,7 +92,7 @@ def test_registered_rates_are_the_reference_sweeps_choice(reference):
         assert get_method(name).lr == choice.lr, (
             f"{name} is registered with lr {get_method(name).lr} but the reference sweep chose {choice.lr}: "
             "copy the sweep's choices (python -m peftlab frontier) into the registry")
-    swept = [m for m in METHODS if METHODS[m].trains and m in GRID_CENTRES and m in REFERENCE.methods]
+    swept = [m for m in METHODS if METHODS[m].trains and m in REFERENCE.methods]
     assert sorted(swept) == sorted(choices)
 
 
@@ -165,12 +165,12 @@ def test_full_dropout_is_active_in_training_only(fresh_base):
         assert torch.equal(model(**batch).logits, model(**batch).logits)
 
 
-def test_readme_table_is_reproduced_from_the_reference_sweep(reference):
-    """The README's comparison table is exactly what the analysis computes from the committed records."""
+def test_frontier_page_table_is_reproduced_from_the_reference_sweep(reference):
+    """docs/frontier.md's comparison table is exactly what the analysis computes from the committed records."""
     from pathlib import Path
 
     result = analysis.report(reference, CompareConfig.steps)
     table = analysis.markdown_table(result["choices"], result["matched"], result["trainable_pct"])
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert table in readme, ("README's comparison table differs from `python -m peftlab frontier --markdown`: "
-                             "regenerate it")
+    page = (Path(__file__).resolve().parents[1] / "docs" / "frontier.md").read_text()
+    assert table in page, ("docs/frontier.md's comparison table differs from `python -m peftlab frontier --markdown`: "
+                           "regenerate it")

@@ -110,8 +110,9 @@ LEDGER: list[Claim] = [
           "lecture 05", "python -m peftlab claims --only prefix", measure_prefix, rule_prefix,
           "wrong if every layer gets prefix keys and values while the input length is unchanged"),
     Claim("taxonomy", '"LoRA and its variants are additive methods; QLoRA is a family of its own."',
-          "common claim; the surveys: Lialin et al. 2023 (Scaling Down to Scale Up), Han et al. 2024 "
-          "(Parameter-Efficient Fine-Tuning for Large Models: A Comprehensive Survey)",
+          "common claim; the families are the four of Lialin et al. 2023 (Scaling Down to Scale Up, arXiv "
+          "2303.15647, section 3; methods up to February 2023) and Han et al. 2024 (LoRA and its derivatives as "
+          "reparameterized PEFT); QLoRA (May 2023) is placed by the course, not by either survey",
           "the registry's survey families and QLoRA's layer class", "lecture 13, section 3",
           "python -m peftlab methods", measure_taxonomy, rule_taxonomy,
           "wrong if LoRA, AdaLoRA and QLoRA are reparameterization methods and QLoRA's layer is a LoRA layer"),

@@ -171,15 +171,15 @@ def measure_storage(quick: bool = False) -> dict:
     return {"summary": f"tiny base per task: full checkpoint {full_bytes:,} B, LoRA adapter {lora_bytes:,} B "
                        f"({lora_bytes / full_bytes:.1%}), sparse difference of 0.5% {sparse_bytes:,} B "
                        f"({sparse_bytes / full_bytes:.1%}); Llama-2-7B in 16 bits: {full_7b / GB:.1f} GB vs a rank-16 "
-                       f"LoRA adapter {lora_7b / 1e6:.0f} MB", "full": full_bytes, "lora": lora_bytes,
-            "sparse": sparse_bytes, "full_7b": full_7b, "lora_7b": lora_7b}
+                       f"LoRA adapter {lora_7b / 1e6:.0f} MB", "checkpoint": full_bytes, "adapter": lora_bytes,
+            "sparse_difference": sparse_bytes, "checkpoint_7b": full_7b, "adapter_7b": lora_7b}
 
 
 def rule_storage(result: dict) -> Verdict:
-    small = max(result["lora"], result["sparse"]) / result["full"]
-    if small < 0.1 and result["lora_7b"] / result["full_7b"] < 0.01:
+    small = max(result["adapter"], result["sparse_difference"]) / result["checkpoint"]
+    if small < 0.1 and result["adapter_7b"] / result["checkpoint_7b"] < 0.01:
         return Verdict("holds", f"an adapter or sparse difference is at most {small:.1%} of the checkpoint here, "
-                                f"{result['lora_7b'] / result['full_7b']:.2%} at 7B")
+                                f"{result['adapter_7b'] / result['checkpoint_7b']:.2%} at 7B")
     return Verdict("depends", f"the adapter is {small:.0%} of the checkpoint on this model")
 
 
@@ -217,7 +217,7 @@ def rule_low_rank(result: dict) -> Verdict:
 
 
 def measure_prefix(quick: bool = False) -> dict:
-    from .. import apply_method
+    from ..methods import get_method
     from ..models import load_base
 
     base, _ = load_base("tiny")
@@ -232,8 +232,8 @@ def measure_prefix(quick: bool = False) -> dict:
             seen["positions"] = hidden.shape[1]
 
         model.model.layers[0].register_forward_pre_hook(record, with_kwargs=True)
-        model = apply_method(model, method, num_virtual_tokens=P)
-        return (model.fold() if method == "prefix" else model), seen
+        method = get_method(method)
+        return method.finalize(method.apply(model, num_virtual_tokens=P)), seen  # prefix: its MLP folded away
 
     prefix, prefix_seen = wrapped("prefix")
     prompt, prompt_seen = wrapped("prompt")
@@ -267,7 +267,7 @@ def measure_taxonomy(quick: bool = False) -> dict:
 
     families = {name: METHODS[name].family for name in ("lora", "adalora", "qlora", "houlsby", "pfeiffer", "prefix",
                                                          "prompt", "bitfit", "fisher", "fusion")}
-    return {"summary": "registry families (Lialin et al. 2023; Han et al. 2024): "
+    return {"summary": "registry families (the surveys' four; QLoRA placed by the course): "
                        + ", ".join(f"{k} {v}" for k, v in families.items())
                        + f"; QLoRA's layer is a LoRA layer: {issubclass(QLoraLayer, LoraLayer)}",
             "families": families, "qlora_is_lora": issubclass(QLoraLayer, LoraLayer)}

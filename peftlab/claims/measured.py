@@ -17,6 +17,7 @@ from .core import FUSION_COMMAND, LATENCY_COMMAND, RESULTS_PATH, Verdict, read_r
 # From the committed sweep: speed, forgetting, sensitivity
 # --------------------------------------------------------------------------------------------------
 
+FULL = "full"  # every claim here measures the PEFT methods against full fine-tuning: the reference, named once
 PEFT_IN_SWEEP = ("lora", "qlora", "houlsby", "pfeiffer", "prompt", "prefix", "bitfit", "fisher", "adalora")
 SPEED_LEVEL = 0.2  # learning level for "time to reach"
 FORGETTING_LEVELS = (0.2, 0.4)
@@ -36,7 +37,7 @@ def measure_training_speed(quick: bool = False) -> dict:
     choices = analysis.choose_lr(records, CompareConfig.steps)
     matched = analysis.matched_learning(records, SPEED_LEVEL)
     per_step, to_level = {}, {}
-    for method in ("full",) + PEFT_IN_SWEEP:
+    for method in (FULL,) + PEFT_IN_SWEEP:
         rows = [r for r in records if r["method"] == method and r["lr"] == choices[method].lr]
         per_step[method] = statistics.median(r["seconds_per_step"] for r in rows)
         m = matched.get(method)
@@ -54,10 +55,10 @@ def measure_training_speed(quick: bool = False) -> dict:
 
 def rule_training_speed(result: dict) -> Verdict:
     per_step, to_level = result["per_step"], result["to_level"]
-    peft = [m for m in per_step if m != "full"]
-    faster_per_step = [m for m in peft if per_step[m] < per_step["full"]]
-    faster_to_level = [m for m in peft if to_level[m] is not None and to_level["full"] is not None
-                       and to_level[m] < to_level["full"]]
+    peft = [m for m in per_step if m != FULL]
+    faster_per_step = [m for m in peft if per_step[m] < per_step[FULL]]
+    faster_to_level = [m for m in peft if to_level[m] is not None and to_level[FULL] is not None
+                       and to_level[m] < to_level[FULL]]
     if len(faster_per_step) == len(peft) and len(faster_to_level) == len(peft):
         return Verdict("holds", "every PEFT method is faster per step and to the learning level")
     if faster_per_step and not faster_to_level:
@@ -78,7 +79,7 @@ def measure_forgetting(quick: bool = False) -> dict:
         matched = analysis.matched_learning(records, level)
         out[level] = {m: (None if not matched[m].reached else
                           (matched[m].forgetting.mean, matched[m].forgetting.low, matched[m].forgetting.high))
-                      for m in ("full",) + PEFT_IN_SWEEP if m in matched}
+                      for m in (FULL,) + PEFT_IN_SWEEP if m in matched}
     parts = []
     for level, rows in out.items():
         parts.append(f"at learning {level}: " + ", ".join(
@@ -90,10 +91,10 @@ def measure_forgetting(quick: bool = False) -> dict:
 def compare_to_full(rows: dict) -> dict[str, str]:
     """Per PEFT method reaching the level: 'less', 'more' or 'same' forgetting than full fine-tuning
     (non-overlapping 95% intervals, else 'same')."""
-    full = rows.get("full")
+    full = rows.get(FULL)
     out = {}
     for method, value in rows.items():
-        if method == "full" or value is None or full is None:
+        if method == FULL or value is None or full is None:
             continue
         out[method] = "more" if value[1] > full[2] else "less" if value[2] < full[1] else "same"
     return out
@@ -121,7 +122,7 @@ def measure_sensitivity(quick: bool = False) -> dict:
     from ..compare import CompareConfig
 
     spread = analysis.sensitivity(analysis.runs(_sweep_records()), CompareConfig.steps)
-    keep = {m: spread[m] for m in ("full",) + PEFT_IN_SWEEP if m in spread}
+    keep = {m: spread[m] for m in (FULL,) + PEFT_IN_SWEEP if m in spread}
     return {"summary": f"spread (max - min over 5 rates spanning two decades, at {CompareConfig.steps} steps) of test "
                        "learning / forgetting: " + ", ".join(f"{m} {v['learning']:.2f} / {v['forgetting']:.2f}"
                                                            for m, v in keep.items()),
@@ -130,8 +131,8 @@ def measure_sensitivity(quick: bool = False) -> dict:
 
 def rule_sensitivity(result: dict) -> Verdict:
     spread = result["spread"]
-    full = spread["full"]["learning"]
-    peft = {m: v["learning"] for m, v in spread.items() if m != "full"}
+    full = spread[FULL]["learning"]
+    peft = {m: v["learning"] for m, v in spread.items() if m != FULL}
     more = sorted(m for m, v in peft.items() if v > full)
     if len(more) == len(peft):
         return Verdict("holds", "every PEFT method's learning varies more over the rate grid than full fine-tuning's")
@@ -147,11 +148,14 @@ def rule_sensitivity(result: dict) -> Verdict:
 # --------------------------------------------------------------------------------------------------
 
 
+BASE_VARIANT = "base"  # the untouched base: every latency is a ratio to its own
+
+
 def latency_variants(base) -> dict[str, torch.nn.Module]:
     """The base and one copy per inference-time variant: adapters, LoRA unmerged and merged, prefix,
     prompt, QLoRA (4-bit base, dequantized every forward) and AdapterFusion of two Pfeiffer adapters."""
     from .. import apply_method
-    from ..methods import lora as plora
+    from ..methods import get_method, lora as plora
     from ..methods.fusion import FusionConfig, apply_fusion
 
     def trained_looking(model, marker):
@@ -161,13 +165,13 @@ def latency_variants(base) -> dict[str, torch.nn.Module]:
                     param.normal_(std=0.01)  # a nonzero update, so merging changes the weights
         return model
 
-    variants = {"base": base}
+    variants = {BASE_VARIANT: base}
     for name in ("houlsby", "pfeiffer"):
         variants[name] = apply_method(copy.deepcopy(base), name)
     lora = trained_looking(apply_method(copy.deepcopy(base), "lora"), "lora_B")
     variants["lora unmerged"] = lora
     variants["lora merged"] = plora.merge_and_unload(copy.deepcopy(lora))
-    variants["prefix"] = apply_method(copy.deepcopy(base), "prefix").fold()
+    variants["prefix"] = get_method("prefix").finalize(apply_method(copy.deepcopy(base), "prefix"))  # MLP folded
     variants["prompt"] = apply_method(copy.deepcopy(base), "prompt")
     variants["qlora"] = trained_looking(apply_method(copy.deepcopy(base), "qlora"), "lora_B")
     states = {}
@@ -218,12 +222,12 @@ def inference_latency(batch_sizes=(1, 16), new_tokens: int = 32, rounds: int = 5
                 samples[name].append((full - one) / (new_tokens - 1))
             if progress:
                 print(f"batch {batch}: round {r + 1}/{rounds}", flush=True)
-        base_median = statistics.median(samples["base"])
+        base_median = statistics.median(samples[BASE_VARIANT])
         out["ms_per_token"][str(batch)] = {n: 1e3 * statistics.median(s) for n, s in samples.items()}
         out["ratios"][str(batch)] = {n: statistics.median(s) / base_median for n, s in samples.items()}
         if rounds >= 2:
-            q = statistics.quantiles([v / base_median for v in samples["base"]], n=4) if rounds >= 4 else \
-                [min(samples["base"]) / base_median, 0, max(samples["base"]) / base_median]
+            q = statistics.quantiles([v / base_median for v in samples[BASE_VARIANT]], n=4) if rounds >= 4 else \
+                [min(samples[BASE_VARIANT]) / base_median, 0, max(samples[BASE_VARIANT]) / base_median]
             out["noise"][str(batch)] = q[2] - q[0]
         else:
             out["noise"][str(batch)] = float("nan")
@@ -233,7 +237,7 @@ def inference_latency(batch_sizes=(1, 16), new_tokens: int = 32, rounds: int = 5
 def summarize_latency(lat: dict) -> str:
     parts = []
     for batch, ratios in lat["ratios"].items():
-        parts.append(f"batch {batch}: " + ", ".join(f"{n} {v:.2f}x" for n, v in ratios.items() if n != "base")
+        parts.append(f"batch {batch}: " + ", ".join(f"{n} {v:.2f}x" for n, v in ratios.items() if n != BASE_VARIANT)
                      + f" (base noise {lat['noise'][batch]:.2f})")
     return "per-token latency / base; " + "; ".join(parts)
 

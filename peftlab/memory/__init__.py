@@ -22,7 +22,8 @@ The package, one job per file, in reading order (every name is re-exported here,
   config alone (analytic, and on the ``meta`` device), for the tiny base up to GPT-3 175B;
 - ``activations``: ``activation_terms`` / ``activation_bytes``, the fifth bucket;
 - ``estimate``: ``estimate_memory`` (the parameter buckets from counts, ZeRO stages 1/2/3 over N
-  devices), ``METHOD_PRESETS`` / ``method_counts`` and ``estimate(model, method, ...)``, the whole step;
+  devices), ``method_counts`` (from each method's declared ``Sizing``) and ``estimate(model, method, ...)``,
+  the whole step;
 - ``probe``: ``probe_training_step`` (one real step, bytes counted tensor by tensor; on CUDA,
   ``torch.cuda.max_memory_allocated``), ``measure_training_memory``, ``optimizer_state_bytes``
   (the one count of an optimizer's state bytes), ``weight_bytes``, ``adamw_8bit``;
@@ -33,8 +34,7 @@ from __future__ import annotations
 
 from .activations import ActivationTerm, activation_bytes, activation_terms
 from .breakdown import BUCKETS, MemoryBreakdown, save_json, side_by_side
-from .estimate import (METHOD_HELP, METHOD_PRESETS, PROMPT_TOKENS, MethodCounts, MethodPreset, estimate, estimate_memory,
-                       method_counts)
+from .estimate import MethodCounts, Sizing, estimate, estimate_memory, method_counts, sized_methods
 from .fit import FIT_MARGIN, GPU, GPUS, fit_verdict, format_fit_table, plot_will_it_fit, will_it_fit
 from .probe import adamw_8bit, measure_training_memory, optimizer_state_bytes, probe_training_step, weight_bytes
 from .regimes import (ADAM8BIT_STATE_BYTES, GB, NF4_BITS_PER_PARAM, NF4_BYTES_PER_PARAM, OPTIMIZERS, PRECISIONS,
@@ -42,12 +42,12 @@ from .regimes import (ADAM8BIT_STATE_BYTES, GB, NF4_BITS_PER_PARAM, NF4_BYTES_PE
 from .shapes import LLAMA_FAMILY, PRESETS, PUBLISHED_PARAMETERS, ModelShape, parameter_count, parameter_count_meta, preset_config
 
 __all__ = [
-    "ADAM8BIT_STATE_BYTES", "BUCKETS", "FIT_MARGIN", "GB", "GPU", "GPUS", "GiB", "LLAMA_FAMILY", "METHOD_HELP",
-    "METHOD_PRESETS", "NF4_BITS_PER_PARAM", "NF4_BYTES_PER_PARAM", "OPTIMIZERS", "PRECISIONS", "PRESETS",
-    "PROMPT_TOKENS", "PUBLISHED_PARAMETERS", "ActivationTerm", "BytesPerParam", "MemoryBreakdown", "MethodCounts",
-    "MethodPreset", "ModelShape", "OptimizerSpec", "Precision", "activation_bytes", "activation_terms", "adamw_8bit",
+    "ADAM8BIT_STATE_BYTES", "BUCKETS", "FIT_MARGIN", "GB", "GPU", "GPUS", "GiB", "LLAMA_FAMILY",
+    "NF4_BITS_PER_PARAM", "NF4_BYTES_PER_PARAM", "OPTIMIZERS", "PRECISIONS", "PRESETS",
+    "PUBLISHED_PARAMETERS", "ActivationTerm", "BytesPerParam", "MemoryBreakdown", "MethodCounts",
+    "Sizing", "ModelShape", "OptimizerSpec", "Precision", "activation_bytes", "activation_terms", "adamw_8bit",
     "bytes_per_param", "claimed_totals", "estimate", "estimate_memory", "fit_verdict", "format_fit_table",
     "measure_training_memory", "method_counts", "optimizer_state_bytes", "parameter_count", "parameter_count_meta",
-    "plot_will_it_fit", "preset_config", "probe_training_step", "save_json", "side_by_side", "weight_bytes",
+    "plot_will_it_fit", "preset_config", "probe_training_step", "save_json", "side_by_side", "sized_methods", "weight_bytes",
     "will_it_fit",
 ]

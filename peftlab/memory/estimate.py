@@ -1,13 +1,18 @@
 """The estimator: the whole training step of a method on a model, from counts and shapes alone.
 
 ``estimate_memory`` turns parameter counts into the four parameter buckets, with ZeRO stages 1/2/3
-over N devices; ``method_counts`` splits a model's parameters for a method by name (the estimator's
-method presets, ``METHOD_PRESETS``); ``estimate`` adds the activations.
+over N devices; ``method_counts`` splits a model's parameters for a method by name; ``estimate`` adds
+the activations.
+
+The estimator knows no method: each registered method that it can size declares a ``Sizing`` on its
+record (``peftlab.methods.Method.sizing``): how it splits a model's parameters, from shapes alone, and
+the setting the estimator assumes (the common published one at 7B scale, e.g. LoRA rank 16 on the
+attention projections, 20 prompt tokens, not the tiny base's registered defaults).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from ..utils import lookup
 from .activations import activation_bytes
@@ -52,37 +57,9 @@ def estimate_memory(trainable: int, frozen: int = 0, quantized: int = 0, *, prec
 
 
 @dataclass(frozen=True)
-class MethodPreset:
-    """A method as the estimator sizes it: the registered method it stands for and its settings.
-
-    These are *named presets* for large models, not the registered defaults (``peftlab.methods``),
-    which are sized for the tiny base (LoRA r=8 on every linear layer, 10 prompt tokens): at 7B scale
-    the common published setting is rank 16 on the attention projections (q, k, v, o; GPT-2: c_attn,
-    attn.c_proj) and 20 virtual tokens. ``estimate(..., rank=, targets=)`` sizes any other setting.
-    """
-
-    method: str  # the registered method (peftlab.methods.METHODS) this preset sizes
-    help: str
-    rank: int = 0  # LoRA rank (lora, qlora)
-    tokens: int = 0  # virtual tokens (prompt)
-
-
-METHOD_PRESETS: dict[str, MethodPreset] = {
-    "full": MethodPreset("full", "full fine-tuning: every parameter trains"),
-    "lora": MethodPreset("lora", "LoRA, rank 16 on the attention projections; frozen base in the precision's weight dtype",
-                         rank=16),
-    "qlora": MethodPreset("qlora", "QLoRA: LoRA as above on a base whose layer matrices are NF4 (4.127 bits); "
-                          "embeddings, norms, head 16-bit", rank=16),
-    "bitfit": MethodPreset("bitfit", "BitFit: only bias terms train (Llama-2/3 have none)"),
-    "prompt": MethodPreset("prompt", "prompt tuning: 20 trainable virtual-token embeddings, prepended to every sequence",
-                           tokens=20),
-}
-METHOD_HELP = {name: preset.help for name, preset in METHOD_PRESETS.items()}
-PROMPT_TOKENS = METHOD_PRESETS["prompt"].tokens
-
-
-@dataclass(frozen=True)
 class MethodCounts:
+    """A method's split of a model's parameters, and what the activation model needs to know of it."""
+
     trainable: int
     frozen: int
     quantized: int
@@ -90,34 +67,54 @@ class MethodCounts:
     norms_train: bool  # do the norms' gains or biases train?
     lora_targets: tuple[str, ...] = ()
     extra_tokens: int = 0  # tokens the method prepends (prompt tuning)
+    lora_rank: int = 0  # rank of the low-rank updates on ``lora_targets``
 
 
-def method_counts(model, method: str = "full", *, rank: int | None = None,
-                  targets: Sequence[str] | None = None) -> MethodCounts:
-    """Trainable / frozen / quantized parameter counts of ``method`` (a ``METHOD_PRESETS`` name) on
-    ``model`` (a shape, config or preset); ``rank`` and ``targets`` override the preset's LoRA setting."""
+@dataclass(frozen=True)
+class Sizing:
+    """How the estimator counts a method: declared on its record (``register(..., sizing=Sizing(...))``).
+
+    ``count(shape, total, setting) -> MethodCounts``: the split on a model of ``shape`` (a ``ModelShape``)
+    with ``total`` parameters, under ``setting``, a dict of the knobs it reads (``rank``, ``targets``:
+    ``"attention"``, ``"all"`` or layer names, ``tokens``). ``setting`` here is what the estimator assumes
+    unless told otherwise; ``of_config(config)`` is the setting of one of the method's own configs (None:
+    the rule cannot size it), so the tests can check the count against the applied model.
+    """
+
+    help: str  # one line: the method and the setting assumed
+    count: Callable[..., MethodCounts]
+    setting: dict = field(default_factory=dict)
+    of_config: Callable[[object], dict | None] = lambda config: {}
+
+
+def _registry() -> dict:
+    # Read when asked, not at import: the registry imports the training loop, which imports this package.
+    from ..methods import METHODS
+
+    return METHODS
+
+
+def _sizing(method: str) -> Sizing:
+    sizing = lookup(_registry(), method.lower(), "method").sizing
+    if sizing is None:
+        raise ValueError(f"the memory estimator cannot size {method!r} (its method declares no Sizing); "
+                         f"it sizes: {', '.join(sized_methods())}")
+    return sizing
+
+
+def sized_methods() -> dict[str, str]:
+    """The methods the estimator sizes, each with one line on the setting it assumes."""
+    return {name: m.sizing.help for name, m in _registry().items() if m.sizing is not None}
+
+
+def method_counts(model, method: str = "full", **setting) -> MethodCounts:
+    """Trainable / frozen / quantized parameter counts of registered ``method`` on ``model`` (a shape,
+    config or preset), at the estimator's setting for it; ``setting`` overrides it (LoRA's ``rank`` and
+    ``targets``, prompt tuning's ``tokens``; a knob the method does not have is ignored, None keeps the default)."""
     s = ModelShape.from_config(model)
-    total = parameter_count(s)
-    key = method.lower()
-    preset = lookup(METHOD_PRESETS, key, "method")
-    rank = preset.rank if rank is None else rank
-    if key == "full":
-        return MethodCounts(total, 0, 0, True, True)
-    if key in ("lora", "qlora"):
-        targets = tuple(targets or s.attention_targets())
-        dims = s.linear_dims()
-        unknown = [t for t in targets if t not in dims]
-        if unknown:
-            raise KeyError(f"LoRA target(s) {', '.join(unknown)} not in a {s.family} layer; matrices: {', '.join(dims)}")
-        lora = s.layers * sum(rank * (dims[t][0] + dims[t][1]) for t in targets)
-        quantized = s.layers * s.layer_matrix_parameters() if key == "qlora" else 0
-        return MethodCounts(lora, total - quantized, quantized, False, False, targets)
-    if key == "bitfit":
-        biases = s.bias_parameters()
-        return MethodCounts(biases, total - biases, 0, False, s.family == "gpt2")  # LayerNorm biases
-    if key == "prompt":
-        return MethodCounts(preset.tokens * s.hidden, total, 0, False, False, extra_tokens=preset.tokens)
-    raise AssertionError(f"method preset {key!r} has no count rule")  # a preset added without one
+    sizing = _sizing(method)
+    given = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in setting.items() if v is not None}
+    return sizing.count(s, parameter_count(s), {**sizing.setting, **given})
 
 
 def estimate(model="tiny", method: str = "full", *, precision: str = "mixed", optimizer: str = "adamw",
@@ -127,16 +124,16 @@ def estimate(model="tiny", method: str = "full", *, precision: str = "mixed", op
     """The whole training step of ``method`` on ``model`` (preset name, config, dict or ``ModelShape``)."""
     s = ModelShape.from_config(model)
     counts = method_counts(s, method, rank=rank, targets=targets)
-    rank = METHOD_PRESETS[method.lower()].rank if rank is None else rank
     activation_element = lookup(PRECISIONS, precision, "precision", normalize=True).activation
     acts = activation_bytes(s, batch, seq + counts.extra_tokens, checkpointing=checkpointing,
                             bytes_per_element=activation_element, attention=attention,
                             train_weights=counts.train_weights, lora_targets=counts.lora_targets,
-                            lora_rank=rank, padded=padded, input_needs_grad=counts.train_weights or counts.extra_tokens > 0,
+                            lora_rank=counts.lora_rank, padded=padded,
+                            input_needs_grad=counts.train_weights or counts.extra_tokens > 0,
                             norms_train=counts.norms_train)
     result = estimate_memory(counts.trainable, counts.frozen, counts.quantized, precision=precision,
                              optimizer=optimizer, activations=acts, zero_stage=zero_stage, n_devices=n_devices,
                              label=label or f"{method} estimate")
     result.notes.update(model=model if isinstance(model, str) else s.family, method=method, batch=batch, seq=seq,
-                        rank=rank, checkpointing=checkpointing, attention=attention)
+                        rank=counts.lora_rank, checkpointing=checkpointing, attention=attention)
     return result

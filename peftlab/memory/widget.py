@@ -60,7 +60,7 @@ class Calculator:
 
         self.controls = {
             "model": widgets.Dropdown(options=list(memory.PRESETS), value=model, description="model"),
-            "method": widgets.Dropdown(options=list(memory.METHOD_HELP), value=method, description="method"),
+            "method": widgets.Dropdown(options=list(memory.sized_methods()), value=method, description="method"),
             "precision": widgets.Dropdown(options=list(memory.PRECISIONS), value=precision, description="precision"),
             "optimizer": widgets.Dropdown(options=list(memory.OPTIMIZERS), value=optimizer, description="optimizer"),
             "batch": widgets.IntSlider(value=batch, min=1, max=64, description="batch"),

@@ -34,6 +34,11 @@ Llama and a tiny GPT-2):
 tokenizer, number of steps and seed), not through config fields that a caller must know to fill in:
 the Fisher mask reads its examples from it, AdaLoRA its schedule length, AdapterFusion its target task.
 A config field set explicitly always wins over the context.
+
+**The record is the one description of a method**: every consumer reads what it needs from the
+``Method`` (``train_config`` for compare, the sweep and ``distributed``; ``grid_centre`` for the
+sweep; ``sizing`` for the memory estimator; ``finalize`` for inference; ``removable``), so a consumer
+never branches on a method's name. Adding a method is one module and one ``register``.
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 
 from ..state import clear_state, peft_state
+from ..train import TrainConfig
 from ..utils import count_parameters, lookup, ParamCount
 
 
@@ -64,8 +70,14 @@ class RunContext:
     adapt_architecture: bool = False
 
 
+def _unchanged(model):
+    return model
+
+
 @dataclass(frozen=True)
 class Method:
+    """A registered method: how to apply it and everything a consumer needs to know about it."""
+
     name: str
     config_cls: type
     apply_fn: Callable
@@ -77,6 +89,10 @@ class Method:
     wraps: bool = False  # apply returns a wrapper around the model (prefix, prompt) instead of the model itself
     identity_at_init: bool = True  # the applied model computes the base's outputs until it trains
     remove_fn: Callable | None = None  # undoes what apply_fn injected (beyond trainability flags and hooks)
+    removable: bool = True  # False: remove_method refuses (QLoRA's 4-bit rounding cannot be undone)
+    grid_centre: float | None = None  # the sweep's rate grid is centred here (None: on ``lr``)
+    sizing: object = None  # peftlab.memory.Sizing: how the memory estimator counts it from shapes (None: it cannot)
+    finalize_fn: Callable = _unchanged  # model -> model for inference: fold (prefix) or merge (LoRA), same outputs
 
     def config(self, **overrides):
         """The method's default config with ``overrides``; unknown fields are an error that lists the known ones."""
@@ -91,6 +107,25 @@ class Method:
         if config is not None and overrides:
             raise TypeError(f"pass {self.name}'s options either as a config or as keywords, not both")
         return self.apply_fn(model, config if config is not None else self.config(**overrides), context)
+
+    def train_config(self, lr: float | None = None, **budget) -> TrainConfig:
+        """The ``TrainConfig`` this method trains with: ``budget`` (steps, batch size, seed, schedule...),
+        its chosen rate unless ``lr`` is given, and its train options (weight decay, replay).
+
+        Every consumer (compare, the sweep, ``distributed``, the lectures) builds its config here, so a
+        method's train options cannot be dropped; a ``budget`` field naming a train option overrides it."""
+        options = {"lr": self.lr if lr is None else lr, **dict(self.train_options), **budget}
+        return TrainConfig(**options)
+
+    @property
+    def sweep_centre(self) -> float:
+        """The rate the sweep's grid is centred on."""
+        return self.lr if self.grid_centre is None else self.grid_centre
+
+    def finalize(self, model):
+        """The applied (trained) model ready for inference, with the same outputs: prefix tuning folds its
+        reparameterization MLP into the prefix, LoRA merges its update into the base weights (in place)."""
+        return self.finalize_fn(model)
 
 
 METHODS: dict[str, Method] = {}
@@ -127,11 +162,15 @@ def _keeping_the_contract(name: str, apply_fn: Callable) -> Callable:
 
 
 def register(name: str, config_cls: type, *, family: str, description: str, lr: float, trains: bool = True,
-             train_options: dict | None = None, wraps: bool = False, identity_at_init: bool = True):
+             train_options: dict | None = None, wraps: bool = False, identity_at_init: bool = True,
+             removable: bool = True, grid_centre: float | None = None, sizing=None):
     """Decorator that adds ``apply_fn(model, config, context)`` to the registry under ``name``.
 
     ``train_options`` are fields of ``peftlab.train.TrainConfig`` the method trains with (e.g.
-    ``{"weight_decay": 0.1}``); ``wraps`` and ``identity_at_init`` declare contract clauses 1 and 2.
+    ``{"weight_decay": 0.1}``); ``wraps`` and ``identity_at_init`` declare contract clauses 1 and 2;
+    ``removable=False`` makes ``remove_method`` refuse; ``grid_centre`` centres the sweep's rate grid
+    (default: ``lr``); ``sizing`` (a ``peftlab.memory.Sizing``) lets the memory estimator count the
+    method from a model's shape. ``removes`` and ``finalizes`` add the undo and inference steps.
     The decorated name becomes the contract-keeping function (``apply_lora(model, config)`` works)."""
 
     def decorator(apply_fn: Callable) -> Callable:
@@ -139,20 +178,34 @@ def register(name: str, config_cls: type, *, family: str, description: str, lr: 
             raise ValueError(f"method {name!r} is already registered")
         wrapped = _keeping_the_contract(name, apply_fn)
         METHODS[name] = Method(name, config_cls, wrapped, family, description, lr, trains,
-                               tuple(sorted((train_options or {}).items())), wraps, identity_at_init)
+                               tuple(sorted((train_options or {}).items())), wraps, identity_at_init,
+                               removable=removable, grid_centre=grid_centre, sizing=sizing)
         return wrapped
+
+    return decorator
+
+
+def unregister(name: str) -> Method:
+    """Take method ``name`` out of the registry (a test's toy method); returns its record."""
+    return METHODS.pop(get_method(name).name)
+
+
+def _declares(name: str, field_name: str) -> Callable:
+    def decorator(fn: Callable) -> Callable:
+        object.__setattr__(get_method(name), field_name, fn)  # the record is frozen for everyone else
+        return fn
 
     return decorator
 
 
 def removes(name: str):
     """Decorator registering how to undo what method ``name`` injected: ``remove_fn(model) -> model``."""
+    return _declares(name, "remove_fn")
 
-    def decorator(remove_fn: Callable) -> Callable:
-        object.__setattr__(get_method(name), "remove_fn", remove_fn)
-        return remove_fn
 
-    return decorator
+def finalizes(name: str):
+    """Decorator registering method ``name``'s inference step: ``finalize_fn(model) -> model``, same outputs."""
+    return _declares(name, "finalize_fn")
 
 
 def get_method(name: str) -> Method:
@@ -164,12 +217,6 @@ def apply_method(model, name: str, config=None, context: RunContext | None = Non
     return get_method(name).apply(model, config, context, **overrides)
 
 
-def applied_method(model) -> str | None:
-    """The name of the method applied to ``model``, or None."""
-    state = peft_state(model)
-    return state.method if state is not None else None
-
-
 def remove_method(model):
     """Undo the method applied to ``model``: its injected layers and wrappers, its training hooks and
     its trainability flags. Returns the model as it was given to ``apply`` (a wrapper's ``.base_model``)."""
@@ -178,11 +225,13 @@ def remove_method(model):
         raise ValueError("no peftlab method is applied to this model, so there is nothing to remove")
     method = get_method(state.method)
     flags, hooks = state.requires_grad, list(state.hooks)
-    if method.remove_fn is not None:  # first: it may refuse (QLoRA cannot un-quantize)
+    if not method.removable:
+        raise ValueError(f"{method.name} changed the base model in a way that cannot be undone ({method.description}): "
+                         "load a fresh base (peftlab.load_base()) instead of removing it")
+    if method.remove_fn is not None:
         model = method.remove_fn(model)
     for hook in hooks:
-        if hasattr(hook, "remove"):
-            hook.remove(model)
+        hook.remove(model)
     clear_state(model)
     for name, p in model.named_parameters():
         if name in flags:
@@ -192,13 +241,13 @@ def remove_method(model):
 
 def trainable_count(model) -> ParamCount:
     """Trainable parameters as the optimizer really updates them: a training hook that restricts the
-    update (a sparse mask) reports its own count (``trained_count()``); otherwise ``requires_grad``."""
+    update (a sparse mask) reports its own count (``Hook.trained_count``); otherwise ``requires_grad``."""
     params = count_parameters(model)
     state = peft_state(model)
     for hook in state.hooks if state is not None else ():
-        counted = getattr(hook, "trained_count", None)
+        counted = hook.trained_count()
         if counted is not None:
-            return ParamCount(counted(), params.total)
+            return ParamCount(counted, params.total)
     return params
 
 

@@ -266,7 +266,7 @@ def get_rank_allocator(model: nn.Module) -> RankAllocator | None:
     return next((h for h in model_hooks(model) if isinstance(h, RankAllocator)), None)
 
 
-@register("adalora", AdaLoraConfig, family="reparameterization", lr=3.162e-2,
+@register("adalora", AdaLoraConfig, family="reparameterization", lr=3.162e-2, grid_centre=1e-2,
           description="AdaLoRA: LoRA as P·Λ·Q whose rank is pruned to where it matters (Zhang et al. 2023)")
 def apply_adalora(model: nn.Module, config: AdaLoraConfig, context=None) -> nn.Module:
     """Freeze ``model``, wrap each target layer in an ``SVDLinear``, attach the ``RankAllocator`` hook.

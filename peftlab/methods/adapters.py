@@ -162,13 +162,13 @@ def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     return model
 
 
-@register("houlsby", HoulsbyConfig, family="additive", lr=1e-2,
+@register("houlsby", HoulsbyConfig, family="additive", lr=1e-2, grid_centre=1e-2,
           description="bottleneck adapters after attention and after the MLP (Houlsby et al. 2019)")
 def apply_houlsby(model, config: HoulsbyConfig, context=None):
     return add_adapters(model, config)
 
 
-@register("pfeiffer", PfeifferConfig, family="additive", lr=3e-2,
+@register("pfeiffer", PfeifferConfig, family="additive", lr=3e-2, grid_centre=3e-2,
           description="bottleneck adapter after the MLP only (Pfeiffer et al. 2021)")
 def apply_pfeiffer(model, config: PfeifferConfig, context=None):
     return add_adapters(model, config)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..memory.estimate import MethodCounts, Sizing
 from . import register
 from .targets import LINEAR_TYPES, freeze, is_norm, output_head_name
 
@@ -85,8 +86,18 @@ def no_bias_message(model: nn.Module) -> str:
             "biases train (they are new parameters, saved with the model).")
 
 
-@register("bitfit", BitFitConfig, family="selective", lr=1e-1,
-          description="BitFit: only the bias terms train (Ben Zaken et al. 2021)")
+def _count_bitfit(shape, total: int, setting: dict) -> MethodCounts:
+    biases = shape.bias_parameters()  # GPT-2's include its LayerNorms' shifts, which then train
+    return MethodCounts(biases, total - biases, 0, train_weights=False, norms_train=shape.family == "gpt2")
+
+
+def _bitfit_setting(config: BitFitConfig) -> dict | None:
+    return {} if config.include_norm_biases and not config.add_missing_biases else None
+
+
+@register("bitfit", BitFitConfig, family="selective", lr=1e-1, grid_centre=1e-2,
+          description="BitFit: only the bias terms train (Ben Zaken et al. 2021)",
+          sizing=Sizing("BitFit: only bias terms train (Llama-2/3 have none)", _count_bitfit, of_config=_bitfit_setting))
 def apply_bitfit(model: nn.Module, config: BitFitConfig, context=None) -> nn.Module:
     """Freeze ``model`` and train its bias terms. A comparison run (``context.adapt_architecture``) adds
     zero biases to a model that has none, as ``add_missing_biases=True`` would."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import nn
 
+from ..memory.estimate import MethodCounts, Sizing
 from ..state import peft_state
 from . import register, removes
 from .targets import is_norm, output_head_name
@@ -72,7 +73,15 @@ def _remove_full(model):
     return model
 
 
-apply_full = register("full", FullFinetuneConfig, family="baseline", lr=3.162e-4,
+def _count_full(shape, total: int, setting: dict) -> MethodCounts:
+    return MethodCounts(total, 0, 0, train_weights=True, norms_train=True)
+
+
+# The memory estimator's rule: every parameter trains (a config that freezes embeddings or norms: not sized).
+SIZING = Sizing("full fine-tuning: every parameter trains", _count_full,
+                of_config=lambda config: {} if config.train_embeddings and config.train_norms else None)
+
+apply_full = register("full", FullFinetuneConfig, family="baseline", lr=3.162e-4, grid_centre=1e-3, sizing=SIZING,
                       description="full fine-tuning: every weight trains")(_apply_full)
 
 
@@ -85,11 +94,13 @@ WEIGHT_DECAY = 0.1  # AdamW's decoupled decay, a common fine-tuning setting
 REPLAY = 0.25  # share of every batch drawn from the source data
 
 
-register("full_wd", FullFinetuneConfig, family="baseline", lr=1e-3, train_options={"weight_decay": WEIGHT_DECAY},
+register("full_wd", FullFinetuneConfig, family="baseline", lr=1e-3, grid_centre=1e-3, sizing=SIZING,
+         train_options={"weight_decay": WEIGHT_DECAY},
          description=f"full fine-tuning with AdamW weight decay {WEIGHT_DECAY}")(_apply_full)
-register("full_dropout", FullDropoutConfig, family="baseline", lr=1e-3,
+register("full_dropout", FullDropoutConfig, family="baseline", lr=1e-3, grid_centre=1e-3, sizing=SIZING,
          description="full fine-tuning with dropout 0.1 on every attention and MLP output")(_apply_full)
-register("full_replay", FullFinetuneConfig, family="baseline", lr=1e-3, train_options={"replay": REPLAY},
+register("full_replay", FullFinetuneConfig, family="baseline", lr=1e-3, grid_centre=1e-3, sizing=SIZING,
+         train_options={"replay": REPLAY},
          description=f"full fine-tuning with replay: {REPLAY:.0%} of every batch is source data")(_apply_full)
 for _name in ("full", "full_wd", "full_dropout", "full_replay"):
     removes(_name)(_remove_full)

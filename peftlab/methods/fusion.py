@@ -377,7 +377,7 @@ def fusion_attention(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[s
     return out
 
 
-@register("fusion", FusionConfig, family="additive", lr=3e-3, identity_at_init=False,
+@register("fusion", FusionConfig, family="additive", lr=3e-3, grid_centre=3e-3, identity_at_init=False,
           description="AdapterFusion: frozen task adapters mixed by a trained attention per layer (Pfeiffer et al. 2021)")
 def apply_adapter_fusion(model: nn.Module, config: FusionConfig, context=None) -> nn.Module:
     """Train (or load from the cache) one adapter per task on a copy of ``model``, then fuse them into

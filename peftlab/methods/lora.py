@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..memory.estimate import MethodCounts, Sizing
 from ..state import peft_state
-from . import register, removes
+from . import finalizes, register, removes
 from .lowrank import LowRankLayer, unload_low_rank
 from .targets import LINEAR_TYPES, find_targets, freeze, output_head_name, replace_module
 
@@ -99,8 +100,33 @@ def find_lora_targets(model: nn.Module, target_modules, wrapper: type = LoraLaye
     return [(name, m) for name, m in found if not (inside and name.startswith(inside))]
 
 
-@register("lora", LoraConfig, family="reparameterization", lr=3e-3,
-          description="LoRA: a trainable low-rank update (alpha/r) B A beside every frozen linear layer")
+def low_rank_counts(shape, total: int, setting: dict, quantize_base: bool = False) -> MethodCounts:
+    """The estimator's count of rank-``setting["rank"]`` updates on ``setting["targets"]`` ("attention",
+    "all" or layer names) in every layer; ``quantize_base``: QLoRA's 4-bit layer matrices."""
+    dims = shape.linear_dims()  # (in, out) of each matrix in one layer
+    targets = setting["targets"]
+    targets = shape.attention_targets() if targets == "attention" else tuple(dims) if targets == "all" else tuple(targets)
+    unknown = [t for t in targets if t not in dims]
+    if unknown:
+        raise KeyError(f"LoRA target(s) {', '.join(unknown)} not in a {shape.family} layer; matrices: {', '.join(dims)}")
+    rank = setting["rank"]
+    lora = shape.layers * sum(rank * (dims[t][0] + dims[t][1]) for t in targets)  # A: (r, in), B: (out, r)
+    quantized = shape.layers * shape.layer_matrix_parameters() if quantize_base else 0
+    return MethodCounts(lora, total - quantized, quantized, train_weights=False, norms_train=False,
+                        lora_targets=targets, lora_rank=rank)
+
+
+def low_rank_setting(config) -> dict | None:
+    """The estimator's setting of a LoRA-style config (None where the count rule does not apply)."""
+    if getattr(config, "bias", "none") != "none" or isinstance(config.target_modules, str):
+        return None  # trained biases, or a regex: the rule counts suffix-named matrices only
+    return {"rank": config.r, "targets": "all" if config.target_modules is None else tuple(config.target_modules)}
+
+
+@register("lora", LoraConfig, family="reparameterization", lr=3e-3, grid_centre=3e-3,
+          description="LoRA: a trainable low-rank update (alpha/r) B A beside every frozen linear layer",
+          sizing=Sizing("LoRA, rank 16 on the attention projections; frozen base in the precision's weight dtype",
+                        low_rank_counts, {"rank": 16, "targets": "attention"}, low_rank_setting))
 def apply_lora(model: nn.Module, config: LoraConfig, context=None) -> nn.Module:
     """Freeze ``model`` and wrap each target layer in a ``LoraLayer`` (in place)."""
     if config.bias not in ("none", "all", "lora_only"):
@@ -128,6 +154,7 @@ def unload_lora(model: nn.Module) -> nn.Module:
     return unload_low_rank(model, LoraLayer)
 
 
+@finalizes("lora")  # merged, the update costs nothing at inference; unmerge_lora undoes it exactly
 def merge_lora(model: nn.Module) -> nn.Module:
     for layer in lora_layers(model).values():
         layer.merge()

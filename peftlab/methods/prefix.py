@@ -38,7 +38,8 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from . import register, removes
+from ..memory.estimate import MethodCounts, Sizing
+from . import finalizes, register, removes
 from .targets import freeze
 
 
@@ -197,7 +198,7 @@ class PrefixTuningModel(_Wrapper):
     merge = fold
 
 
-@register("prefix", PrefixConfig, family="additive", lr=3e-4, wraps=True, identity_at_init=False,
+@register("prefix", PrefixConfig, family="additive", lr=3e-4, grid_centre=3e-3, wraps=True, identity_at_init=False,
           description="prefix tuning: trainable keys/values in every layer (Li & Liang 2021)")
 def apply_prefix(model, config: PrefixConfig, context=None):
     """Freeze ``model`` and wrap it in a ``PrefixTuningModel``: use the returned model."""
@@ -210,6 +211,7 @@ def unwrap(model):
 
 
 removes("prefix")(unwrap)
+finalizes("prefix")(PrefixTuningModel.fold)  # the MLP only eases training: inference reads the prefix it computes
 
 
 # ----------------------------------------------------------------------------------- prompt tuning
@@ -263,8 +265,15 @@ class PromptTuningModel(_Wrapper):
         return torch.cat([input_ids, new_tokens], dim=1)
 
 
-@register("prompt", PromptConfig, family="additive", lr=3.0, wraps=True, identity_at_init=False,
-          description="prompt tuning: trainable input embeddings (Lester et al. 2021)")
+def _count_prompt(shape, total: int, setting: dict) -> MethodCounts:
+    tokens = setting["tokens"]
+    return MethodCounts(tokens * shape.hidden, total, 0, train_weights=False, norms_train=False, extra_tokens=tokens)
+
+
+@register("prompt", PromptConfig, family="additive", lr=3.0, grid_centre=3e-1, wraps=True, identity_at_init=False,
+          description="prompt tuning: trainable input embeddings (Lester et al. 2021)",
+          sizing=Sizing("prompt tuning: 20 trainable virtual-token embeddings, prepended to every sequence",
+                        _count_prompt, {"tokens": 20}, lambda config: {"tokens": config.num_virtual_tokens}))
 def apply_prompt(model, config: PromptConfig, context=None):
     """Freeze ``model`` and wrap it in a ``PromptTuningModel``: use the returned model."""
     return PromptTuningModel(model, config)

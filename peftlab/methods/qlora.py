@@ -27,8 +27,9 @@ from torch import nn
 
 from .. import kernels
 from ..quant import DYNAMIC_CODE, DoubleQuantState, Quantized4bit, dequantize_4bit, quantize_4bit, stored_bytes
-from . import register, removes
-from .lora import LoraLayer, find_lora_targets
+from . import register
+from ..memory.estimate import Sizing
+from .lora import LoraLayer, find_lora_targets, low_rank_counts, low_rank_setting
 from .targets import Conv1D, freeze, replace_module
 
 
@@ -220,8 +221,12 @@ def qlora_layers(model: nn.Module) -> dict[str, QLoraLayer]:
     return {name: m for name, m in model.named_modules() if isinstance(m, QLoraLayer)}
 
 
-@register("qlora", QLoraConfig, family="reparameterization", lr=3e-3, identity_at_init=False,
-          description="QLoRA: frozen NF4 4-bit base (double-quantized scales) + a LoRA update")
+@register("qlora", QLoraConfig, family="reparameterization", lr=3e-3, grid_centre=3e-3, identity_at_init=False, removable=False,
+          description="QLoRA: frozen NF4 4-bit base (double-quantized scales) + a LoRA update",
+          sizing=Sizing("QLoRA: LoRA as above on a base whose layer matrices are NF4 (4.127 bits); "
+                        "embeddings, norms, head 16-bit",
+                        lambda shape, total, setting: low_rank_counts(shape, total, setting, quantize_base=True),
+                        {"rank": 16, "targets": "attention"}, low_rank_setting))
 def apply_qlora(model: nn.Module, config: QLoraConfig, context=None) -> nn.Module:
     """Freeze ``model``, quantize each target layer to 4 bits and wrap it in a LoRA adapter (in place)."""
     freeze(model)
@@ -233,12 +238,6 @@ def apply_qlora(model: nn.Module, config: QLoraConfig, context=None) -> nn.Modul
         layer.lora_A.weight.requires_grad_(True)
         layer.lora_B.weight.requires_grad_(True)
     return model
-
-
-@removes("qlora")
-def remove_qlora(model: nn.Module) -> nn.Module:
-    raise ValueError("QLoRA quantized the base's weights to 4 bits in place, and rounding cannot be undone: "
-                     "load a fresh base (peftlab.load_base()) instead of removing QLoRA")
 
 
 __all__ = ["Linear4bit", "QLoraConfig", "QLoraLayer", "apply_qlora", "from_bnb", "qlora_layers"]

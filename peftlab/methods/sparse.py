@@ -389,7 +389,7 @@ class FisherMaskConfig:
     tokenizer: object = field(default=None, repr=False)  # default: the tokenizer saved with the model
 
 
-@register("fisher", FisherMaskConfig, family="selective", lr=1e-2,
+@register("fisher", FisherMaskConfig, family="selective", lr=1e-2, grid_centre=1e-2,
           description="sparse fine-tuning: a fixed mask of the top Fisher-information weights (Sung et al. 2021)")
 def apply_fisher(model: nn.Module, config: FisherMaskConfig, context=None) -> nn.Module:
     """The Fisher over the run's examples (``context``) unless the config names its own: ``examples``,
@@ -417,7 +417,7 @@ class RandomMaskConfig:
     restore_outside: bool = True  # put weights outside the mask back after every step
 
 
-@register("random_mask", RandomMaskConfig, family="selective", lr=1e-2,
+@register("random_mask", RandomMaskConfig, family="selective", lr=1e-2, grid_centre=1e-2,
           description="sparse fine-tuning with a random mask of the Fisher mask's size (the paper's baseline)")
 def apply_random_mask(model: nn.Module, config: RandomMaskConfig, context=None) -> nn.Module:
     seed = (context.seed if context is not None else 0) if config.mask_seed is None else config.mask_seed
