@@ -29,18 +29,21 @@ c.Execute.timeout = 120
 #   torch.*, math.*, numpy.*, builtins or peftlab.*, or rebind what a locked cell set up (REF, the imports),
 #   gets an error output "GradingFlag: ..." in every autograded test cell (each scores 0; the feedback says why).
 #   Overrule it for one student: nbgrader autograde aNN --student ID --force --FlagTampering.enabled=False
+# - ExecuteTestsOutOfHistory, in place of nbgrader's Execute (configured as Execute): test cells run with
+#   store_history=False, so their source, hidden tests included, is not in In / _ih while an answer runs;
 # - ScoreByPassing, before the scores are saved: a test cell scores its points when it raises nothing and 0 when it
 #   raises, whatever it displays (nbgrader would read a result the cell shows, e.g. one an answer publishes with
 #   get_ipython().displayhook, as the cell's grade and never see the AssertionError after it).
 from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
 from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearOutput,  # noqa: E402
-                                    DeduplicateIds, Execute, IgnorePattern, LimitOutput,
+                                    DeduplicateIds, IgnorePattern, LimitOutput,
                                     OverwriteKernelspec, SaveAutoGrades)
 
 c.OverwriteCells.add_missing_cells = True  # RestoreDeletedCells is an OverwriteCells: it reads this
 c.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKernelspec,
                                       "peftlab.grading_preprocessors.RestoreDeletedCells", CheckCellMetadata]
-c.Autograde.autograde_preprocessors = [Execute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
+c.Autograde.autograde_preprocessors = ["peftlab.grading_preprocessors.ExecuteTestsOutOfHistory", IgnorePattern,
+                                       ClearMetadataPreprocessor, LimitOutput,
                                        "peftlab.grading_preprocessors.FlagTampering",
                                        "peftlab.grading_preprocessors.ScoreByPassing", SaveAutoGrades,
                                        AssignLatePenalties, CheckCellMetadata]

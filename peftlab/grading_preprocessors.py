@@ -26,6 +26,12 @@
   (nbgrader's ``Execute`` already records an error from the kernel's reply when a cell's error output
   was cleared or never shown.) The course gives no partial credit through outputs.
 
+- ``ExecuteTestsOutOfHistory`` (in place of nbgrader's ``Execute``): runs the notebook as ``Execute`` does,
+  but runs each autograded test cell with ``store_history=False``, so its source, hidden tests included,
+  never enters IPython's input history (``In``, ``_ih``, ``_i``, ``_i<n>`` in the notebook's namespace),
+  where an answer called from that cell could read the expected values. (Python code can still walk
+  the call stack or ``linecache``; the grading guide says what is not defended.)
+
 This static check is the second line of defence: the hidden tests compare through ``peftlab.grading``'s
 references, captured before any answer ran, so a patch this reading misses still does not pass them.
 """
@@ -35,7 +41,7 @@ import ast
 
 from nbformat.notebooknode import NotebookNode
 from nbgrader import utils
-from nbgrader.preprocessors import NbGraderPreprocessor, OverwriteCells
+from nbgrader.preprocessors import Execute, NbGraderPreprocessor, OverwriteCells
 
 PROTECTED_MODULES = ("torch", "math", "numpy", "builtins", "peftlab", "sys")
 # builtins a test is likely to check with (``peftlab.grading``'s references and the conversions asserts use);
@@ -328,11 +334,26 @@ class FlagTampering(NbGraderPreprocessor):
         return nb, resources
 
 
+def _is_test(cell) -> bool:
+    return utils.is_grade(cell) and not utils.is_solution(cell) and cell.cell_type == "code"
+
+
+class ExecuteTestsOutOfHistory(Execute):
+    """nbgrader's ``Execute`` (configured as ``Execute``: ``c.Execute.timeout`` applies), with the test cells
+    kept out of IPython's input history."""
+
+    def preprocess_cell(self, cell, resources, index):
+        if not _is_test(cell):
+            return super().preprocess_cell(cell, resources, index)
+        self._check_assign_resources(resources)
+        return self.execute_cell(cell, index, store_history=False), self.resources
+
+
 class ScoreByPassing(NbGraderPreprocessor):
     """A test cell's points come from passing it: its ``execute_result`` outputs become ``display_data``."""
 
     def preprocess_cell(self, cell, resources, index):
-        if utils.is_grade(cell) and not utils.is_solution(cell) and cell.cell_type == "code":
+        if _is_test(cell):
             published = sum(output.output_type == "execute_result" for output in cell.outputs)
             if published:
                 cell.outputs = [NotebookNode(output_type="display_data", data=output.get("data", {}),

@@ -288,11 +288,29 @@ get_ipython().events.register("pre_run_cell", _publish)  # a result shown at the
 """
 
 
+HISTORY_READING_ANSWER = r"""
+def f():
+    ### BEGIN SOLUTION
+    import re  # the answer reads the expected value from the source of the test cell that calls it
+    namespace = get_ipython().user_ns
+    sources = [str(s) for s in list(namespace.get("_ih", [])) + list(namespace.get("In", []))]
+    sources += [str(v) for k, v in namespace.items() if k.startswith("_i")]
+    for source in reversed(sources):
+        found = re.search(r"f\(\)( \+ x)? == (\d+)", source)
+        if found:
+            return int(found.group(2)) - (1 if found.group(1) else 0)
+    return 0
+    ### END SOLUTION
+"""
+
+
 @pytest.mark.nbgrader
 def test_a_wrong_answer_that_publishes_a_result_scores_zero(tmp_path):
     """Under real ``nbgrader autograde`` with the course's config: a wrong answer that shows ``"ok"`` in the
     test cells, from inside its function and from a ``pre_run_cell`` hook, scores 0 (plain nbgrader 0.9.6
-    reads the shown result as full marks); the right answer that publishes the same way keeps its points."""
+    reads the shown result as full marks); the right answer that publishes the same way keeps its points.
+    An answer that reads the expected values from the input history (``In``, ``_ih``, ``_i``) of the test
+    cell calling it finds none (``ExecuteTestsOutOfHistory``) and scores 0."""
     import os
 
     from nbgrader.api import Gradebook
@@ -301,7 +319,8 @@ def test_a_wrong_answer_that_publishes_a_result_scores_zero(tmp_path):
     (tmp_path / "solutions" / "t").mkdir(parents=True)
     source = _course_notebook()
     nbformat.write(source, tmp_path / "solutions" / "t" / "t.ipynb")
-    for student, answer in (("wrong", PUBLISHING_ANSWER), ("right", PUBLISHING_ANSWER.replace("return 3", "return 2"))):
+    for student, answer in (("wrong", PUBLISHING_ANSWER), ("right", PUBLISHING_ANSWER.replace("return 3", "return 2")),
+                            ("history", HISTORY_READING_ANSWER)):
         submission = copy.deepcopy(source)
         submission.cells[1].source = answer
         (tmp_path / "submitted" / student / "t").mkdir(parents=True)
@@ -314,8 +333,9 @@ def test_a_wrong_answer_that_publishes_a_result_scores_zero(tmp_path):
         assert proc.returncode == 0 and "| ERROR]" not in log, log[-3000:]
     with Gradebook(f"sqlite:///{tmp_path / 'gradebook.db'}", "peftlab") as gradebook:
         grades = {student: {g.name: g.score for nb in gradebook.find_submission("t", student).notebooks for g in nb.grades}
-                  for student in ("wrong", "right")}
-    assert grades == {"wrong": {"test_f": 0.0, "test_sum": 0.0}, "right": {"test_f": 1.0, "test_sum": 1.0}}, grades
+                  for student in ("wrong", "right", "history")}
+    assert grades == {"wrong": {"test_f": 0.0, "test_sum": 0.0}, "right": {"test_f": 1.0, "test_sum": 1.0},
+                      "history": {"test_f": 0.0, "test_sum": 0.0}}, grades
     graded = nbformat.read(tmp_path / "autograded" / "wrong" / "t" / "t.ipynb", as_version=4)
     shown = [o.output_type for o in graded.cells[2].outputs]
     assert "display_data" in shown and "error" in shown, shown  # the result is still shown, beside the error

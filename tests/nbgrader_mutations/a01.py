@@ -107,6 +107,21 @@ MORE_MUTATIONS = {
         optimizer.step()
         return total_loss
     """),
+    # Part F: a micro-batch's counted tokens taken over every label position, not the positions whose next label
+    # counts (the same count while every micro-batch masks position 0; wrong for one without a prompt)
+    "accumulate_counts_every_position": ("accumulated_step", """
+        model.train()
+        counted = [int((batch["labels"] != -100).sum()) for batch in micro_batches]
+        total_counted = sum(counted)
+        total_loss = 0.0
+        for batch, n_counted in zip(micro_batches, counted):
+            loss = model(**batch).loss * (n_counted / total_counted)
+            loss.backward()
+            total_loss += float(loss.detach())
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return total_loss
+    """),
 }
 
 DELEGATIONS = {

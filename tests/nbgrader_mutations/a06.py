@@ -123,6 +123,18 @@ MORE_MUTATIONS = {
                 trainable += parameter.numel()
         return trainable
     """),
+    # Part E: only the BERT body frozen, so a classifier's fresh head stays trainable
+    "qm2_freezes_only_bert": ("apply_bitfit_qm2", """
+        getattr(model, "bert", model).requires_grad_(False)
+        trainable = 0
+        for name, parameter in model.named_parameters():
+            parts = name.split(".")
+            second_mlp = parts[-3:] == ["output", "dense", "bias"] and parts[-4] != "attention"
+            if parts[-3:] == ["self", "query", "bias"] or second_mlp:
+                parameter.requires_grad_(True)
+                trainable += parameter.numel()
+        return trainable
+    """),
 }
 
 DELEGATIONS = {

@@ -150,6 +150,12 @@ MORE_MUTATIONS = {
         ctx.q, ctx.x = q, x
         return x @ dequantize_weight(q).T
     """),
+    # Part D: the dense fp32 weight cached on ctx inside a container, for a backward that would reuse it
+    "matmul_caches_dense_weight": ("frozen_dequant_matmul", """
+        weight = dequantize_weight(q)
+        ctx.q, ctx.cache = q, {"weight": weight}
+        return x @ weight.T
+    """),
 }
 
 DELEGATIONS = {
