@@ -241,21 +241,19 @@ def _course_notebook():
     return nb
 
 
-@pytest.mark.nbgrader
-def test_a_deleted_test_cell_after_a_heading_is_restored(tmp_path):
-    """nbgrader 0.9.6's own add_missing_cells fails (KeyError) for a test cell right after a locked heading."""
+def _autograde(tmp_path, submissions: dict) -> dict:
+    """Generate the two-part course in ``tmp_path`` and autograde ``submissions`` (student -> notebook) with the
+    course's ``nbgrader_config.py``; returns student -> grade_id -> (score, needs manual grade)."""
     import os
 
     from nbgrader.api import Gradebook
 
     shutil.copy(ROOT / "nbgrader_config.py", tmp_path)
     (tmp_path / "solutions" / "t").mkdir(parents=True)
-    source = _course_notebook()
-    nbformat.write(source, tmp_path / "solutions" / "t" / "t.ipynb")
-    submission = copy.deepcopy(source)
-    del submission.cells[4]  # the test cell after the heading
-    (tmp_path / "submitted" / "student" / "t").mkdir(parents=True)
-    nbformat.write(submission, tmp_path / "submitted" / "student" / "t" / "t.ipynb")
+    nbformat.write(_course_notebook(), tmp_path / "solutions" / "t" / "t.ipynb")
+    for student, notebook in submissions.items():
+        (tmp_path / "submitted" / student / "t").mkdir(parents=True)
+        nbformat.write(notebook, tmp_path / "submitted" / student / "t" / "t.ipynb")
     env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
     env.pop("NBGRADER_EXECUTION", None)
     for args in (["generate_assignment", "t", "--force"], ["autograde", "t"]):
@@ -263,8 +261,16 @@ def test_a_deleted_test_cell_after_a_heading_is_restored(tmp_path):
         log = proc.stdout + proc.stderr
         assert proc.returncode == 0 and "| ERROR]" not in log, log[-3000:]
     with Gradebook(f"sqlite:///{tmp_path / 'gradebook.db'}", "peftlab") as gradebook:
-        grades = {g.name: (g.score, g.needs_manual_grade) for nb in gradebook.find_submission("t", "student").notebooks
-                  for g in nb.grades}
+        return {student: {g.name: (g.score, g.needs_manual_grade) for nb in gradebook.find_submission("t", student).notebooks
+                          for g in nb.grades} for student in submissions}
+
+
+@pytest.mark.nbgrader
+def test_a_deleted_test_cell_after_a_heading_is_restored(tmp_path):
+    """nbgrader 0.9.6's own add_missing_cells fails (KeyError) for a test cell right after a locked heading."""
+    submission = _course_notebook()
+    del submission.cells[4]  # the test cell after the heading
+    grades = _autograde(tmp_path, {"student": submission})["student"]
     assert grades == {"test_f": (1.0, False), "test_sum": (1.0, False)}, grades
     graded = nbformat.read(tmp_path / "autograded" / "student" / "t" / "t.ipynb", as_version=4)
     ids = [cell.metadata.get("nbgrader", {}).get("grade_id") for cell in graded.cells]
@@ -311,29 +317,13 @@ def test_a_wrong_answer_that_publishes_a_result_scores_zero(tmp_path):
     reads the shown result as full marks); the right answer that publishes the same way keeps its points.
     An answer that reads the expected values from the input history (``In``, ``_ih``, ``_i``) of the test
     cell calling it finds none (``ExecuteTestsOutOfHistory``) and scores 0."""
-    import os
-
-    from nbgrader.api import Gradebook
-
-    shutil.copy(ROOT / "nbgrader_config.py", tmp_path)
-    (tmp_path / "solutions" / "t").mkdir(parents=True)
-    source = _course_notebook()
-    nbformat.write(source, tmp_path / "solutions" / "t" / "t.ipynb")
+    submissions = {}
     for student, answer in (("wrong", PUBLISHING_ANSWER), ("right", PUBLISHING_ANSWER.replace("return 3", "return 2")),
                             ("history", HISTORY_READING_ANSWER)):
-        submission = copy.deepcopy(source)
-        submission.cells[1].source = answer
-        (tmp_path / "submitted" / student / "t").mkdir(parents=True)
-        nbformat.write(submission, tmp_path / "submitted" / student / "t" / "t.ipynb")
-    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
-    env.pop("NBGRADER_EXECUTION", None)
-    for args in (["generate_assignment", "t", "--force"], ["autograde", "t"]):
-        proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=tmp_path, env=env, capture_output=True, text=True)
-        log = proc.stdout + proc.stderr
-        assert proc.returncode == 0 and "| ERROR]" not in log, log[-3000:]
-    with Gradebook(f"sqlite:///{tmp_path / 'gradebook.db'}", "peftlab") as gradebook:
-        grades = {student: {g.name: g.score for nb in gradebook.find_submission("t", student).notebooks for g in nb.grades}
-                  for student in ("wrong", "right", "history")}
+        submissions[student] = _course_notebook()
+        submissions[student].cells[1].source = answer
+    grades = {student: {gid: score for gid, (score, _) in cells.items()}
+              for student, cells in _autograde(tmp_path, submissions).items()}
     assert grades == {"wrong": {"test_f": 0.0, "test_sum": 0.0}, "right": {"test_f": 1.0, "test_sum": 1.0},
                       "history": {"test_f": 0.0, "test_sum": 0.0}}, grades
     graded = nbformat.read(tmp_path / "autograded" / "wrong" / "t" / "t.ipynb", as_version=4)
